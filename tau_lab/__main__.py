@@ -1,0 +1,3 @@
+from tau_lab.cli import main
+
+main()

@@ -1,0 +1,201 @@
+"""Experiment files: the schema, TOML loading, ``--set`` overrides and grid expansion.
+
+An experiment is a TOML file (``experiments/NAME.toml``). Its ``[sweep]`` table holds lists whose
+product with ``seeds`` gives the members of the population. Every error is one line naming the
+file, the key, the value and what is allowed (``ConfigError``, a ``ValueError``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+import tomllib
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tau_lab.temperature import MODES, SCHEDULES
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+
+
+class ConfigError(ValueError):
+    """A bad experiment file or override; the message is one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Optimizer(_Strict):
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(1e-8, gt=0)
+    tau_lr: float | None = Field(None, gt=0, description="learning rate of logit_scale (default: lr)")
+    tau_weight_decay: float = Field(0.0, ge=0, description="weight decay of logit_scale (default: none)")
+
+
+class TemperatureSettings(_Strict):
+    tau_min: float = Field(0.01, gt=0, description="clamp of learnable τ, low end of schedules")
+    tau_max: float = Field(1.0, gt=0, description="clamp of learnable τ, high end of schedules")
+    period: int | None = Field(None, gt=0, description="steps of one schedule period (default: steps)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TemperatureSettings:
+        if not self.tau_min < self.tau_max:
+            raise ValueError(f"tau_min = {self.tau_min:g} must be smaller than tau_max = {self.tau_max:g}")
+        return self
+
+
+class Sweep(_Strict):
+    tau: list[float] = Field([0.07], min_length=1)
+    tau_mode: list[str] = Field(["fixed"], min_length=1)
+    seeds: list[int] = Field([0], min_length=1)
+
+    @field_validator("tau")
+    @classmethod
+    def _positive(cls, values: list[float]) -> list[float]:
+        for v in values:
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"tau = {v:g} is not allowed: every τ must be a finite number > 0")
+        return values
+
+    @field_validator("tau_mode")
+    @classmethod
+    def _modes(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if v not in MODES:
+                raise ValueError(f"tau_mode = {v!r} is not allowed: use one of {', '.join(MODES)}")
+        return values
+
+
+class Experiment(_Strict):
+    """A whole study; ``data`` and ``model`` are checked by the task's own schema."""
+
+    description: str = ""
+    task: Literal["quadrants"]
+    steps: int = Field(1000, gt=0)
+    log_every: int = Field(100, gt=0)
+    eval_every: int = Field(1000, gt=0)
+    checkpoint_every: int = Field(0, ge=0, description="0 writes a checkpoint only at the end")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    memory_budget_mb: float = Field(4096, gt=0, description="members per chunk are sized to fit")
+    optimizer: Optimizer = Optimizer()
+    temperature: TemperatureSettings = TemperatureSettings()
+    data: dict[str, Any] = {}
+    model: dict[str, Any] = {}
+    sweep: Sweep = Sweep()
+
+
+def _one_line(error: ValidationError, source: str) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    return f"{source}: {key}{shown}: {message}"
+
+
+def parse_value(text: str) -> Any:
+    """A ``--set`` value as TOML (``200``, ``[0.1, 0.2]``, ``true``), else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key=value`` overrides (dotted keys reach into tables) to a raw config dict."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set steps=200")
+        *tables, leaf = key.strip().split(".")
+        node = raw
+        for name in tables:
+            node = node.setdefault(name, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{name}' is a value, not a table")
+        node[leaf] = parse_value(text.strip())
+    return raw
+
+
+def resolve_path(name_or_path: str) -> Path:
+    """``quadrants`` → ``experiments/quadrants.toml``; a path is taken as it is."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        candidate = path
+    else:
+        candidate = EXPERIMENTS_DIR / f"{name_or_path}.toml"
+    if not candidate.is_file():
+        known = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml")))
+        raise ConfigError(f"experiment '{name_or_path}' not found: no file {candidate} (known: {known})")
+    return candidate
+
+
+def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> tuple[Experiment, Path]:
+    """Read, override and validate an experiment file, task settings included."""
+    path = resolve_path(name_or_path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    return validate(apply_overrides(raw, overrides or []), str(path)), path
+
+
+def validate(raw: dict[str, Any], source: str) -> Experiment:
+    from tau_lab.tasks import TASKS  # the tasks import this module
+
+    try:
+        experiment = Experiment.model_validate(raw)
+        task = TASKS[experiment.task]
+        experiment.data = task.Data.model_validate(experiment.data).model_dump()
+        experiment.model = task.Model.model_validate(experiment.model).model_dump()
+    except ValidationError as err:
+        section = err.title.lower() if err.title in ("Data", "Model") else ""
+        message = _one_line(err, source)
+        if section:
+            message = message.replace(f"{source}: ", f"{source}: {section}.", 1)
+        raise ConfigError(message) from None
+    t = experiment.temperature
+    if any(m in SCHEDULES for m in experiment.sweep.tau_mode) and t.period is None:
+        t.period = experiment.steps
+    if "learnable" in experiment.sweep.tau_mode:
+        for tau in experiment.sweep.tau:
+            if not t.tau_min <= tau <= t.tau_max:
+                raise ConfigError(
+                    f"{source}: sweep.tau = {tau:g} with tau_mode 'learnable' lies outside the clamp "
+                    f"[temperature.tau_min, temperature.tau_max] = [{t.tau_min:g}, {t.tau_max:g}]"
+                )
+    return experiment
+
+
+def members(experiment: Experiment) -> list[dict[str, Any]]:
+    """The grid: one dict per member, ``member`` numbered from 0, seeds varying slowest.
+
+    Scheduled members ignore ``tau``, so each schedule appears once per seed with ``tau_init``
+    set to the schedule's start (τ_max).
+    """
+    sweep = experiment.sweep
+    rows, seen = [], set()
+    for seed, mode, tau in itertools.product(sweep.seeds, sweep.tau_mode, sweep.tau):
+        if mode in SCHEDULES:
+            tau = experiment.temperature.tau_max
+        if (seed, mode, tau) in seen:
+            continue
+        seen.add((seed, mode, tau))
+        rows.append({"member": len(rows), "tau_mode": mode, "tau_init": tau, "seed": seed})
+    return rows
+
+
+def dumps(experiment: Experiment) -> str:
+    """The resolved configuration as TOML (``config.toml`` of a run)."""
+    return tomli_w.dumps(experiment.model_dump(exclude_none=True))

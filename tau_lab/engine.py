@@ -1,0 +1,231 @@
+"""The lockstep loop: all members of a population take every step together, as one computation.
+
+A sweep's members (grid × seeds) are split into chunks that fit the memory budget; each chunk is a
+population whose parameters are stacked on a leading member axis. Per step the task returns the
+loss and gradients of every member, the optimizer updates the live ones, and learnable
+temperatures are clamped. A member whose loss (or, at logging steps, gradient or parameters)
+turns non-finite is marked diverged at that step and frozen; the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from tau_lab import config, metrics, results
+from tau_lab.optim import Optimizer
+from tau_lab.tasks import TASKS
+from tau_lab.temperature import Temperature
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when it is available; ``cuda`` without it is an error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device = 'cuda' was asked for, but no CUDA device is available: use cpu or auto")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+class MetricLog:
+    """Per-member values ``[K]`` recorded at steps; becomes the long metrics table."""
+
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+        self.names: list[str] = []
+        self.values: list[Tensor] = []
+
+    def record(self, step: int, values: dict[str, Tensor]) -> None:
+        for name, value in values.items():
+            self.steps.append(step)
+            self.names.append(name)
+            self.values.append(value.detach().float())
+
+    def frame(self, member_ids: list[int]) -> pd.DataFrame:
+        values = torch.stack(self.values).cpu().numpy()  # [records, K]
+        k = len(member_ids)
+        return pd.DataFrame(
+            {
+                "member": np.tile(member_ids, len(self.steps)),
+                "step": np.repeat(self.steps, k),
+                "metric": np.repeat(self.names, k),
+                "value": values.reshape(-1),
+            }
+        )
+
+
+def _finite_per_member(tensors: list[Tensor]) -> Tensor:
+    return torch.stack([torch.isfinite(t).reshape(t.shape[0], -1).all(-1) for t in tensors]).all(0)
+
+
+def train_population(
+    experiment: config.Experiment,
+    rows: list[dict[str, Any]],
+    device: torch.device,
+    checkpoint: Path | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Train one population (a chunk of members) to the end; resumes from ``checkpoint`` if it exists.
+
+    Returns ``alive`` and ``diverged_step`` per member, the metric log, the embeddings and the
+    final parameters.
+    """
+    saved = torch.load(checkpoint, weights_only=False) if checkpoint and checkpoint.exists() else None
+    if saved and saved["done"]:
+        return saved["output"]
+    task = TASKS[experiment.task](experiment, rows, device)
+    t, opt = experiment.temperature, experiment.optimizer
+    temperature = Temperature(
+        [r["tau_init"] for r in rows], [r["tau_mode"] for r in rows], t.tau_min, t.tau_max, t.period
+    ).to(device)
+    params = {**task.params, "logit_scale": temperature.logit_scale.data}
+    lr = {name: opt.lr for name in task.params} | {"logit_scale": opt.tau_lr or opt.lr}
+    weight_decay = {name: opt.weight_decay for name in task.params} | {"logit_scale": opt.tau_weight_decay}
+    optimizer = Optimizer(opt.name, params, lr, weight_decay, opt.betas, opt.eps)
+    k, steps = len(rows), experiment.steps
+    alive = torch.ones(k, dtype=torch.bool, device=device)
+    diverged_step = torch.full((k,), -1, device=device)
+    log, embeddings, start = MetricLog(), [], 0
+    if saved:
+        for name, value in saved["params"].items():
+            params[name].copy_(value)
+        optimizer.load_state_dict(saved["optimizer"])
+        alive, diverged_step, start = saved["alive"].to(device), saved["diverged_step"].to(device), saved["step"]
+        log, embeddings = saved["log"], saved["embeddings"]
+    window_loss, window_steps = torch.zeros(k, device=device), 0
+    step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=experiment.precision == "bf16")
+    bar = tqdm(total=steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+
+    for step in range(start, steps + 1):
+        tau = temperature(step).detach()
+        with autocast:
+            out = step_fn(params, tau, task.batch(step))
+        grads = {**out.grads, "logit_scale": -tau * out.grad_tau}  # ∂L/∂ln(1/τ) = −τ ∂L/∂τ
+        finite = torch.isfinite(out.loss)
+        if step % experiment.log_every == 0 or step == steps:
+            finite &= _finite_per_member([*grads.values(), *params.values()])
+        diverged_step = torch.where(alive & ~finite, step, diverged_step)
+        alive &= finite
+        window_loss += torch.where(alive, out.loss, 0.0)
+        window_steps += 1
+
+        if step % experiment.log_every == 0 or step == steps:
+            values = {
+                "loss": torch.where(alive, window_loss / window_steps, math.nan),
+                "grad_norm": metrics.grad_norm(out.grads.values()),
+                "grad_norm_tau": grads["logit_scale"].abs(),
+                "tau": tau,
+                "logit_scale": temperature.logit_scale.detach(),
+                "effective_negatives": metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1),
+            }
+            log.record(step, values | {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()})
+            window_loss.zero_()
+            window_steps = 0
+            losses = values["loss"][alive]
+            if len(losses):
+                bar.set_postfix_str(f"loss {losses.min():.3g}..{losses.max():.3g}, diverged {int((~alive).sum())}")
+        if step % experiment.eval_every == 0 or step == steps:
+            with torch.no_grad():
+                log.record(step, task.evaluate(params))
+                embeddings.append((step, task.embed(params).float().cpu()))
+        if step == steps:
+            break
+
+        optimizer.step(
+            params, grads, {name: alive for name in task.params} | {"logit_scale": alive & temperature.learnable}
+        )
+        temperature.clamp_()
+        bar.update()
+        if checkpoint and experiment.checkpoint_every and (step + 1) % experiment.checkpoint_every == 0:
+            state = {
+                "done": False,
+                "step": step + 1,
+                "params": {n: p.cpu() for n, p in params.items()},
+                "optimizer": optimizer.state_dict(),
+                "alive": alive.cpu(),
+                "diverged_step": diverged_step.cpu(),
+                "log": log,
+                "embeddings": embeddings,
+            }
+            results.atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+    bar.close()
+
+    output = {
+        "alive": alive.cpu(),
+        "diverged_step": diverged_step.cpu(),
+        "log": log,
+        "embeddings": embeddings,
+        "params": {n: p.cpu() for n, p in params.items()},
+    }
+    if checkpoint:
+        results.atomic_write(checkpoint, lambda tmp: torch.save({"done": True, "output": output}, tmp))
+    return output
+
+
+def chunks(experiment: config.Experiment, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Split the members into populations that fit ``memory_budget_mb``."""
+    per_member = TASKS[experiment.task].member_bytes(experiment)
+    size = max(1, int(experiment.memory_budget_mb * 2**20 // per_member))
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def tables(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:
+    """The members, metrics and embeddings tables of a finished sweep."""
+    metric_frames, embedding_frames, status, diverged = [], [], [], []
+    offset = 0
+    for output in outputs:
+        ids = [r["member"] for r in rows[offset : offset + len(output["alive"])]]
+        offset += len(ids)
+        metric_frames.append(output["log"].frame(ids))
+        status += ["ok" if a else "diverged" for a in output["alive"].tolist()]
+        diverged += output["diverged_step"].tolist()
+        for step, emb in output["embeddings"]:
+            k, n, d = emb.shape
+            frame = pd.DataFrame(emb.reshape(k * n, d).numpy(), columns=[f"e{i}" for i in range(d)])
+            frame.insert(0, "point", np.tile(np.arange(n), k))
+            frame.insert(0, "step", step)
+            frame.insert(0, "member", np.repeat(ids, n))
+            embedding_frames.append(frame)
+    metrics_df = pd.concat(metric_frames, ignore_index=True)
+    final = metrics_df.sort_values("step").groupby(["member", "metric"])["value"].last().unstack("metric")
+    members_df = pd.DataFrame(rows)
+    members_df["status"] = status
+    members_df["diverged_step"] = pd.array([s if s >= 0 else None for s in diverged], dtype="Int64")
+    members_df = members_df.join(final, on="member")
+    out = {"members": members_df, "metrics": metrics_df}
+    if embedding_frames:
+        out["embeddings"] = pd.concat(embedding_frames, ignore_index=True)
+    return out
+
+
+def run_sweep(
+    experiment: config.Experiment,
+    name: str,
+    run_dir: Path | None = None,
+    root: Path = results.RESULTS_DIR,
+    progress: bool = False,
+) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """Train every member of ``experiment`` and write its run directory.
+
+    With ``run_dir`` given (``--resume``), continue that run from its checkpoints.
+    """
+    device = resolve_device(experiment.device)
+    rows = config.members(experiment)
+    if run_dir is None:
+        run_dir = results.new_run_dir(name, root)
+        results.write_text(run_dir / "config.toml", config.dumps(experiment))
+        results.write_json(run_dir / "env.json", results.environment(device))
+    outputs = []
+    for i, chunk in enumerate(chunks(experiment, rows)):
+        checkpoint = run_dir / "checkpoints" / f"chunk-{i}.pt"
+        outputs.append(train_population(experiment, chunk, device, checkpoint, progress))
+    out = tables(rows, outputs)
+    for table_name, df in out.items():
+        results.write_table(df, run_dir / table_name, csv=table_name == "members")
+    return run_dir, out

@@ -1,0 +1,168 @@
+"""Temperature-scaled losses, batched over a population of members.
+
+Shapes: a leading ``members`` axis ``K`` is optional everywhere. With it, ``tau`` (and ``T``,
+``alpha``) is a tensor ``[K]`` (or a number shared by all members) and each loss returns ``[K]``;
+without it, ``tau`` is a number and the loss is a scalar.
+
+Every loss divides by τ in float32 and goes through ``log_softmax`` (log-sum-exp), so it stays
+finite at τ = 0.001 where cosine similarities become logits of ±1000, also under bf16/fp16
+autocast.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from tau_lab.checks import check_positive, check_shape, check_unit_interval
+
+
+def _broadcast(value: float | Tensor, like: Tensor, name: str) -> Tensor:
+    """A per-member value ``[K]`` (or a number) shaped ``[K, 1, ..., 1]`` to divide ``like``."""
+    value = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    if value.ndim == 0:
+        return value
+    check_shape(
+        name,
+        tuple(value.shape),
+        f"[{like.shape[0]}] (one per member)",
+        value.ndim == 1 and like.ndim >= 2 and value.shape[0] == like.shape[0],
+    )
+    return value.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def scaled_cross_entropy(sims: Tensor, target: Tensor | int, tau: float | Tensor) -> Tensor:
+    """Per-row cross-entropy of ``softmax(sims / τ)`` against ``target``.
+
+    ``-log softmax(s/τ)[y] = logsumexp(s/τ) - s_y/τ``, invariant to adding a constant to a row.
+
+    Args:
+        sims: ``[K, ..., N]`` (or ``[..., N]``) similarities or logits.
+        target: index of the correct entry per row, ``[K, ...]``, ``[...]`` or one int.
+        tau: ``[K]`` or a number.
+    Returns: ``[K, ...]``, one loss per row.
+    """
+    with torch.autocast(device_type=sims.device.type, enabled=False):
+        logits = sims.float() / _broadcast(tau, sims, "tau")
+        logp = F.log_softmax(logits, dim=-1)
+        if isinstance(target, int):
+            return -logp[..., target]
+        target = target.expand(logp.shape[:-1])
+        return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def info_nce(anchor: Tensor, candidates: Tensor, tau: float | Tensor, target: Tensor | int = 0) -> Tensor:
+    """InfoNCE: each anchor against its candidates (one positive and negatives), cosine similarity.
+
+    ``L = -log exp(cos(a, c_y)/τ) / Σ_j exp(cos(a, c_j)/τ)``, averaged over anchors.
+
+    Args:
+        anchor: ``[K, B, D]`` (or ``[B, D]``).
+        candidates: ``[K, B, N, D]``, each anchor its own candidates (seed 001: positive first,
+            then three negatives), or ``[K, N, D]`` shared by all anchors (a memory bank).
+        tau: ``[K]`` or a number.
+        target: index of the positive among the candidates, per anchor ``[K, B]`` / ``[B]`` or int.
+    Returns: ``[K]`` (or a scalar), the mean over anchors.
+    """
+    a = F.normalize(anchor.float(), dim=-1)
+    c = F.normalize(candidates.float(), dim=-1)
+    if c.ndim == a.ndim + 1:  # per-anchor candidates
+        sims = torch.einsum("...bd,...bnd->...bn", a, c)
+    else:
+        sims = a @ c.transpose(-1, -2)
+    return scaled_cross_entropy(sims, target, tau).mean(-1)
+
+
+def nt_xent(z1: Tensor, z2: Tensor, tau: float | Tensor) -> Tensor:
+    """NT-Xent (SimCLR): 2B views, each view's positive is its twin, the other 2B-2 are negatives.
+
+    With ``z = normalize([z1; z2])`` and ``s_ij = z_i·z_j``, the loss of view i with twin j is
+    ``-log exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ)``; self-similarity is excluded; mean over 2B views.
+
+    Args:
+        z1, z2: ``[K, B, D]`` (or ``[B, D]``), the two views' projections.
+        tau: ``[K]`` or a number.
+    Returns: ``[K]`` (or a scalar).
+    """
+    check_shape("z2", tuple(z2.shape), f"{list(z1.shape)} like z1", z1.shape == z2.shape)
+    z = F.normalize(torch.cat([z1, z2], dim=-2).float(), dim=-1)
+    n = z1.shape[-2]
+    sims = z @ z.transpose(-1, -2)
+    eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    sims = sims.masked_fill(eye, float("-inf"))
+    target = torch.arange(2 * n, device=z.device).roll(n)
+    return scaled_cross_entropy(sims, target, tau).mean(-1)
+
+
+def clip_loss(image: Tensor, text: Tensor, tau: float | Tensor) -> Tensor:
+    """CLIP's symmetric loss: the mean of the image→text and text→image cross-entropies.
+
+    ``logits = normalize(image) @ normalize(text)ᵀ / τ`` (CLIP writes ``/τ`` as
+    ``· exp(logit_scale)``); row i's target is column i.
+
+    Args:
+        image, text: ``[K, B, D]`` (or ``[B, D]``), paired row by row.
+        tau: ``[K]`` or a number.
+    Returns: ``[K]`` (or a scalar).
+    """
+    check_shape("text", tuple(text.shape), f"{list(image.shape)} like image", image.shape == text.shape)
+    i = F.normalize(image.float(), dim=-1)
+    t = F.normalize(text.float(), dim=-1)
+    sims = i @ t.transpose(-1, -2)
+    target = torch.arange(sims.shape[-1], device=sims.device)
+    image_to_text = scaled_cross_entropy(sims, target, tau).mean(-1)
+    text_to_image = scaled_cross_entropy(sims.transpose(-1, -2), target, tau).mean(-1)
+    return (image_to_text + text_to_image) / 2
+
+
+class KDLoss(NamedTuple):
+    """The distillation loss and its two parts, each ``[K]`` (or a scalar)."""
+
+    total: Tensor
+    soft: Tensor  # T² · KL(p_teacher^T ‖ p_student^T) (without T² when t2_scaling is off)
+    hard: Tensor  # CE(student, labels) at T = 1
+
+
+def kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    labels: Tensor,
+    T: float | Tensor,
+    alpha: float | Tensor,
+    t2_scaling: bool | Tensor = True,
+) -> KDLoss:
+    """Hinton et al.'s distillation loss; α weights the distillation term (as in tau-lab's seed).
+
+    ``total = α · T² · KL_batchmean(softmax(t/T) ‖ softmax(s/T)) + (1 − α) · CE(s, y)``
+
+    The KL is computed from log-probabilities on both sides, so it is finite even when the
+    teacher's probabilities underflow. The gradient of the soft term with respect to the student
+    logits is ``T (q − p) / B`` with T² scaling (and ``(q − p) / (T B)`` without), where q and p
+    are the student's and teacher's softened probabilities.
+
+    Args:
+        student_logits: ``[K, B, C]`` (or ``[B, C]``).
+        teacher_logits: ``[B, C]`` shared by all members, or ``[K, B, C]``.
+        labels: ``[B]`` class indices.
+        T: ``[K]`` or a number, > 0.
+        alpha: ``[K]`` or a number in [0, 1].
+        t2_scaling: multiply the soft term by T² (a bool, or ``[K]`` bools).
+    """
+    check_positive("T", T)
+    check_unit_interval("alpha", alpha)
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        s = student_logits.float()
+        t = teacher_logits.float().expand_as(s)
+        T_b = _broadcast(T, s, "T")
+        log_q = F.log_softmax(s / T_b, dim=-1)
+        log_p = F.log_softmax(t / T_b, dim=-1)
+        kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # batchmean: sum over classes, mean over rows
+        T_m = torch.as_tensor(T, dtype=torch.float32, device=s.device)
+        scale = torch.where(torch.as_tensor(t2_scaling, device=s.device), T_m**2, torch.ones_like(T_m))
+        soft = scale * kl
+        hard = scaled_cross_entropy(s, labels, 1.0).mean(-1)
+        a = torch.as_tensor(alpha, dtype=torch.float32, device=s.device)
+        return KDLoss(a * soft + (1 - a) * hard, soft, hard)

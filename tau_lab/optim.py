@@ -1,0 +1,69 @@
+"""SGD and AdamW over stacked member parameters ``[members, ...]``, with a mask of live members.
+
+The updates are elementwise, so one update of a stack equals K separate updates, and match
+``torch.optim.SGD`` (L2 weight decay) and ``torch.optim.AdamW`` (decoupled weight decay)
+exactly. Members masked out of a parameter's update (diverged, pruned, or a fixed temperature)
+are left untouched there, their optimizer state included.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Optimizer:
+    """``sgd``: ``p ← p − lr (g + wd p)``. ``adamw``: ``p ← p (1 − lr wd) − lr m̂ / (√v̂ + ε)``.
+
+    Args:
+        name: ``sgd`` or ``adamw``.
+        params: the stacked tensors, updated in place.
+        lr, weight_decay: one value per parameter name (the temperature has its own).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        params: dict[str, Tensor],
+        lr: dict[str, float],
+        weight_decay: dict[str, float],
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.name, self.lr, self.weight_decay, self.betas, self.eps = name, lr, weight_decay, betas, eps
+        self.state: dict[str, Tensor] = {}
+        if name == "adamw":
+            for key, p in params.items():
+                self.state[f"{key}.m"] = torch.zeros_like(p)
+                self.state[f"{key}.v"] = torch.zeros_like(p)
+            first = next(iter(params.values()))
+            self.state["t"] = torch.zeros(first.shape[0], device=first.device)
+
+    @torch.no_grad()
+    def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]) -> None:
+        """Update ``params`` in place where ``masks[name]`` (``[K]`` bools) is true."""
+        if self.name == "adamw":
+            self.state["t"] += torch.stack(list(masks.values())).any(0)
+            t = self.state["t"].clamp(min=1)
+            b1, b2 = self.betas
+            bc1, bc2 = 1 - b1**t, 1 - b2**t
+        for key, p in params.items():
+            g, lr, wd = grads[key], self.lr[key], self.weight_decay[key]
+            mask = masks[key].reshape(-1, *([1] * (p.ndim - 1)))
+            if self.name == "sgd":
+                update = lr * (g + wd * p) if wd else lr * g
+            else:
+                m, v = self.state[f"{key}.m"], self.state[f"{key}.v"]
+                m.copy_(torch.where(mask, b1 * m + (1 - b1) * g, m))
+                v.copy_(torch.where(mask, b2 * v + (1 - b2) * g * g, v))
+                shape = (-1, *([1] * (p.ndim - 1)))
+                denom = (v / bc2.reshape(shape)).sqrt() + self.eps
+                update = lr * (m / bc1.reshape(shape)) / denom + lr * wd * p
+            p.copy_(torch.where(mask, p - update, p))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {k: v.clone() for k, v in self.state.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for k, v in state.items():
+            self.state[k].copy_(v)

@@ -1,0 +1,182 @@
+"""Seed 001's toy study: 100 points in the four quadrants, a 2→10→2 tanh encoder, InfoNCE.
+
+Each step draws, per seed, one anchor quadrant, an anchor and a positive from it (two
+independent draws, as the seed does) and three distinct negatives from the other 75 points. The
+loss is InfoNCE over the cosine similarities ``[cos(a, p), cos(a, n₁), cos(a, n₂), cos(a, n₃)] / τ``
+with the positive as the target.
+
+The population step computes the gradient in closed form (derived below, checked against
+autograd in the tests): the model is so small that autograd's fixed cost per call would be most
+of the step.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from tau_lab import metrics
+from tau_lab.tasks.common import StepResult, member_seeds, stack_modules
+
+COS_EPS = 1e-8  # F.cosine_similarity's eps
+
+
+class Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    points_per_quadrant: int = Field(25, ge=2)
+    negatives: int = Field(3, ge=1)
+    data_seed: int = 0
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hidden: int = Field(10, ge=1)
+
+
+def make_points(data: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The seed's points: ``torch.rand(n, 2)`` shifted into quadrants 0..3. Returns ``[4n, 2]``, ``[4n]``."""
+    n = data["points_per_quadrant"]
+    g = torch.Generator().manual_seed(data["data_seed"])
+    points = torch.rand(4 * n, 2, generator=g)
+    points[n : 2 * n, 0] -= 1
+    points[2 * n : 3 * n, :] -= 1
+    points[3 * n :, 1] -= 1
+    labels = torch.arange(4).repeat_interleave(n)
+    return points, labels
+
+
+def make_encoder(seed: int, hidden: int) -> nn.Sequential:
+    """The seed's encoder, initialised as ``nn.Linear`` does from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(2, hidden, bias=False), nn.Linear(hidden, 2, bias=False), nn.Tanh())
+
+
+def draw_indices(seed: int, steps: int, data: dict[str, Any]) -> Tensor:
+    """Point indices of every step, ``[steps, 2 + negatives]``: anchor, positive, negatives."""
+    n, k = data["points_per_quadrant"], data["negatives"]
+    g = torch.Generator().manual_seed(seed)
+    quadrant = torch.randint(0, 4, (steps, 1), generator=g)
+    anchor = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
+    positive = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
+    other = torch.rand(steps, 3 * n, generator=g).argsort(dim=1)[:, :k]  # k distinct of 3n
+    negative = other + n * (other >= quadrant * n)  # skip the anchor's quadrant
+    return torch.cat([anchor, positive, negative], dim=1)
+
+
+class Quadrants:
+    """The population: encoder weights stacked as ``w1 [K, hidden, 2]``, ``w2 [K, 2, hidden]``."""
+
+    Data, Model = Data, Model
+    embedding_dim = 2
+
+    def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
+        self.data, hidden = experiment.data, experiment.model["hidden"]
+        self.points, self.labels = (t.to(device) for t in make_points(self.data))
+        seeds, self.seed_row = member_seeds(members, device)
+        stacked = stack_modules([make_encoder(s, hidden) for s in seeds], {"0.weight": "w1", "1.weight": "w2"})
+        self.params = {k: v.to(device)[self.seed_row].contiguous() for k, v in stacked.items()}
+        # [steps + 1, seeds, 2 + negatives], step-major; the last batch measures the final loss
+        self.index = torch.stack([draw_indices(s, experiment.steps + 1, self.data) for s in seeds], 1).to(device)
+
+    def batch(self, step: int) -> Tensor:
+        """The step's points per member, ``[K, 2 + negatives, 2]``."""
+        return self.points[self.index[step][self.seed_row]]
+
+    def step(self, params: dict[str, Tensor], tau: Tensor, x: Tensor) -> StepResult:
+        """Loss and closed-form gradients for a batch ``x [K, 2 + negatives, 2]``.
+
+        Forward: ``h = x W₁ᵀ``, ``o = h W₂ᵀ``, ``e = tanh(o)``, ``n = e / |e|``,
+        ``s_j = n₀·n_{j+1}``, ``L = logsumexp(s/τ) − s₀/τ``.
+        Backward, with ``δ = (softmax(s/τ) − onehot₀) / τ = ∂L/∂s``:
+        ``∂L/∂n₀ = Σ_j δ_j n_{j+1}``, ``∂L/∂n_{j+1} = δ_j n₀``;
+        ``∂L/∂e = (∂L/∂n − n (n·∂L/∂n)) / |e|``; ``∂L/∂o = ∂L/∂e ⊙ (1 − e²)``;
+        ``∂L/∂W₂ = (∂L/∂o)ᵀ h``; ``∂L/∂W₁ = (∂L/∂o W₂)ᵀ x``; ``∂L/∂τ = −Σ_j δ_j s_j / τ``.
+        """
+        w1, w2 = params["w1"], params["w2"]
+        h = x @ w1.transpose(1, 2)  # [K, B, hidden]
+        e = torch.tanh(h @ w2.transpose(1, 2))  # [K, B, 2]
+        r = e.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
+        n = e / r
+        s = (n[:, 1:] @ n[:, 0:1].transpose(1, 2)).squeeze(-1)  # [K, 1 + negatives]
+        logits = s / tau[:, None]
+        logp = F.log_softmax(logits, dim=-1)
+        loss = -logp[:, 0]
+        dlogits = logp.exp()
+        dlogits[:, 0] -= 1
+        ds = dlogits / tau[:, None]
+        dn = torch.cat([(ds.unsqueeze(1) @ n[:, 1:]), ds.unsqueeze(-1) * n[:, 0:1]], dim=1)
+        de = (dn - n * (n * dn).sum(-1, keepdim=True)) / r
+        do = de * (1 - e * e)
+        grads = {"w2": do.transpose(1, 2) @ h, "w1": (do @ w2).transpose(1, 2) @ x}
+        grad_tau = -(dlogits * s).sum(-1) / tau**2
+        return StepResult(loss, grads, grad_tau, s)
+
+    def embed(self, params: dict[str, Tensor]) -> Tensor:
+        """All points through every member's encoder, ``[K, N, 2]``."""
+        return torch.tanh(self.points @ params["w1"].transpose(1, 2) @ params["w2"].transpose(1, 2))
+
+    def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """On all points: alignment of same-quadrant pairs, uniformity, tolerance (mean cosine of
+        same-quadrant pairs) and the mean cosine of cross-quadrant pairs. Each ``[K]``."""
+        f = self.embed(params)
+        i, j = torch.triu_indices(len(self.labels), len(self.labels), offset=1, device=f.device)
+        same = self.labels[i] == self.labels[j]
+        fn = F.normalize(f, dim=-1)
+        return {
+            "alignment": metrics.alignment(f[:, i[same]], f[:, j[same]]),
+            "uniformity": metrics.uniformity(f),
+            "tolerance": metrics.tolerance(f, self.labels),
+            "cross_similarity": (fn[:, i[~same]] * fn[:, j[~same]]).sum(-1).mean(-1),
+        }
+
+    @staticmethod
+    def member_bytes(experiment: Any) -> int:
+        """Memory of one member: weights, gradients and two optimizer states, float32."""
+        return 4 * 4 * 4 * experiment.model["hidden"]
+
+
+def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module, Tensor, list[float]]:
+    """One member trained alone, written as seed 001 writes it: an ``nn.Module``, ``torch.optim``,
+    one Python step at a time. Returns the encoder, its ``logit_scale`` and the loss per step.
+
+    This is the baseline of ``make bench`` and the oracle of the population's equivalence test.
+    """
+    data, opt_cfg, t_cfg = experiment.data, experiment.optimizer, experiment.temperature
+    samples, _ = make_points(data)
+    encoder = make_encoder(member["seed"], experiment.model["hidden"])
+    logit_scale = nn.Parameter(torch.tensor(math.log(1 / member["tau_init"])))
+    learnable = member["tau_mode"] == "learnable"
+    groups = [{"params": encoder.parameters(), "weight_decay": opt_cfg.weight_decay}]
+    if learnable:
+        groups.append(
+            {"params": [logit_scale], "lr": opt_cfg.tau_lr or opt_cfg.lr, "weight_decay": opt_cfg.tau_weight_decay}
+        )
+    if opt_cfg.name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=opt_cfg.lr)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=opt_cfg.betas, eps=opt_cfg.eps)
+    loss_fn = nn.CrossEntropyLoss()
+    index = draw_indices(member["seed"], experiment.steps + 1, data)  # the population's stream
+    losses = []
+    for step in range(experiment.steps):
+        anchor, positive, negatives = samples[index[step, 0:1]], samples[index[step, 1:2]], samples[index[step, 2:]]
+        anchor_feature = encoder(anchor)
+        positive_sim = F.cosine_similarity(anchor_feature, encoder(positive))
+        negative_sim = F.cosine_similarity(anchor_feature, encoder(negatives))
+        tau = torch.exp(-logit_scale) if learnable else member["tau_init"]
+        sims = torch.cat([positive_sim, negative_sim]) / tau
+        loss = loss_fn(sims.unsqueeze(0), torch.zeros(1, dtype=torch.long))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if learnable:
+            with torch.no_grad():
+                logit_scale.clamp_(math.log(1 / t_cfg.tau_max), math.log(1 / t_cfg.tau_min))
+        losses.append(loss.item())
+    return encoder, logit_scale.detach(), losses
