@@ -44,7 +44,7 @@ class MetricLog:
         for name, value in values.items():
             self.steps.append(step)
             self.names.append(name)
-            self.values.append(value.detach().float())
+            self.values.append(value.detach().to(torch.float32, copy=True))  # never a view of live state
 
     def frame(self, member_ids: list[int]) -> pd.DataFrame:
         values = torch.stack(self.values).cpu().numpy()  # [records, K]
@@ -91,13 +91,14 @@ def train_population(
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged_step = torch.full((k,), -1, device=device)
     log, embeddings, start = MetricLog(), [], 0
+    window_loss, window_steps = torch.zeros(k, device=device), 0  # the loss logged is the window's mean
     if saved:
         for name, value in saved["params"].items():
             params[name].copy_(value)
         optimizer.load_state_dict(saved["optimizer"])
         alive, diverged_step, start = saved["alive"].to(device), saved["diverged_step"].to(device), saved["step"]
         log, embeddings = saved["log"], saved["embeddings"]
-    window_loss, window_steps = torch.zeros(k, device=device), 0
+        window_loss, window_steps = saved["window_loss"].to(device), saved["window_steps"]
     step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=experiment.precision == "bf16")
     bar = tqdm(total=steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
@@ -152,6 +153,8 @@ def train_population(
                 "diverged_step": diverged_step.cpu(),
                 "log": log,
                 "embeddings": embeddings,
+                "window_loss": window_loss.cpu(),
+                "window_steps": window_steps,
             }
             results.atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
     bar.close()
@@ -192,7 +195,8 @@ def tables(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
             frame.insert(0, "step", step)
             frame.insert(0, "member", np.repeat(ids, n))
             embedding_frames.append(frame)
-    metrics_df = pd.concat(metric_frames, ignore_index=True)
+    # a canonical row order, whatever the chunking
+    metrics_df = pd.concat(metric_frames).sort_values(["member", "step", "metric"], kind="stable", ignore_index=True)
     final = metrics_df.sort_values("step").groupby(["member", "metric"])["value"].last().unstack("metric")
     members_df = pd.DataFrame(rows)
     members_df["status"] = status
@@ -200,7 +204,7 @@ def tables(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
     members_df = members_df.join(final, on="member")
     out = {"members": members_df, "metrics": metrics_df}
     if embedding_frames:
-        out["embeddings"] = pd.concat(embedding_frames, ignore_index=True)
+        out["embeddings"] = pd.concat(embedding_frames).sort_values(["member", "step"], kind="stable", ignore_index=True)
     return out
 
 

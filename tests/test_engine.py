@@ -1,0 +1,207 @@
+"""The population engine against standalone training, its closed-form gradient, resume, divergence."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tau_lab import config, engine, results
+from tau_lab.tasks.quadrants import Quadrants, train_reference
+
+CPU = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def default_float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def float64():
+    with default_float64():
+        yield
+
+
+def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],  # the seed's SGD, lr 3e-4
+        ["optimizer.name='adamw'", "optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.tau_lr=0.05"],
+    ],
+)
+def test_member_reproduces_standalone_training_float64(float64, overrides):
+    # In float64 the closed-form population step and the seed-style autograd loop agree to
+    # rounding, for every member: fixed and learnable, every τ of the seed.
+    exp, _ = config.load_experiment("quadrants", ["steps=120", "log_every=1", *overrides])
+    rows = config.members(exp)
+    out = engine.train_population(exp, rows, CPU)
+    log = out["log"].frame([r["member"] for r in rows])
+    for k, row in enumerate(rows):
+        encoder, logit_scale, losses = train_reference(exp, row)
+        assert _relative(out["params"]["w1"][k], encoder[0].weight.detach()) < 1e-9
+        assert _relative(out["params"]["w2"][k], encoder[1].weight.detach()) < 1e-9
+        assert out["params"]["logit_scale"][k].item() == pytest.approx(logit_scale.item(), rel=1e-9)
+        pop_losses = log[(log.member == k) & (log.metric == "loss")].sort_values("step")["value"].to_numpy()
+        assert pop_losses[: exp.steps] == pytest.approx(losses, rel=1e-9)
+
+
+def test_member_reproduces_standalone_training_float32():
+    # The seed's settings in float32: equal within 1e-5 relative over a short run. Members at
+    # τ ≤ 0.01 amplify float32 rounding by 1/τ (closed form and autograd order their sums
+    # differently), which the float64 test above covers.
+    exp, _ = config.load_experiment("quadrants", ["steps=100", "sweep.tau=[0.99, 0.5, 0.05]"])
+    rows = config.members(exp)
+    out = engine.train_population(exp, rows, CPU)
+    for k, row in enumerate(rows):
+        encoder, logit_scale, _ = train_reference(exp, row)
+        assert _relative(out["params"]["w1"][k], encoder[0].weight.detach()) < 1e-5
+        assert _relative(out["params"]["w2"][k], encoder[1].weight.detach()) < 1e-5
+        assert out["params"]["logit_scale"][k].item() == pytest.approx(logit_scale.item(), rel=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    log_tau=st.floats(math.log(1e-3), math.log(2.0)),
+    members=st.integers(1, 4),
+)
+def test_closed_form_gradient_matches_autograd(seed, log_tau, members):
+    with default_float64():
+        _check_gradient(seed, log_tau, members)
+
+
+def _check_gradient(seed: int, log_tau: float, members: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    exp, _ = config.load_experiment("quadrants", ["steps=1"])
+    rows = [{"member": i, "tau_mode": "fixed", "tau_init": 0.1, "seed": i} for i in range(members)]
+    task = Quadrants(exp, rows, CPU)
+    params = {k: torch.randn(v.shape, generator=g) for k, v in task.params.items()}
+    x = torch.rand(members, 5, 2, generator=g) * 2 - 1
+    tau = torch.full((members,), math.exp(log_tau)) * torch.rand(members, generator=g).add(0.5)
+    out = task.step(params, tau, x)
+
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    tau_leaf = tau.clone().requires_grad_()
+    feats = torch.tanh(x @ leaves["w1"].transpose(1, 2) @ leaves["w2"].transpose(1, 2))
+    sims = F.cosine_similarity(feats[:, :1], feats[:, 1:], dim=-1)
+    loss = F.cross_entropy(sims / tau_leaf[:, None], torch.zeros(members, dtype=torch.long), reduction="none")
+    grads = torch.autograd.grad(loss.sum(), [leaves["w1"], leaves["w2"], tau_leaf])
+    assert out.loss == pytest.approx(loss.detach(), rel=1e-9)
+    for mine, theirs in zip([out.grads["w1"], out.grads["w2"], out.grad_tau], grads, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-7, atol=1e-9)
+
+
+def test_members_sharing_a_seed_share_weights_and_data():
+    exp, _ = config.load_experiment("quadrants", ["steps=10", "sweep.seeds=[0, 1]"])
+    rows = config.members(exp)
+    task = Quadrants(exp, rows, CPU)
+    seeds = torch.tensor([r["seed"] for r in rows])
+    same, other = (seeds == 0).nonzero().squeeze(1), (seeds == 1).nonzero().squeeze(1)
+    assert (task.params["w1"][same] == task.params["w1"][same[0]]).all()
+    assert not torch.equal(task.params["w1"][same[0]], task.params["w1"][other[0]])
+    batch = task.batch(3)
+    assert (batch[same] == batch[same[0]]).all()
+    assert not torch.equal(batch[same[0]], batch[other[0]])
+
+
+def test_learnable_tau_stays_in_clamp_and_fixed_tau_never_moves():
+    # A large τ learning rate pushes learnable members against the clamp.
+    exp, _ = config.load_experiment("quadrants", ["steps=300", "optimizer.tau_lr=5.0", "log_every=10"])
+    rows = config.members(exp)
+    out = engine.tables(rows, [engine.train_population(exp, rows, CPU)])
+    metrics = out["metrics"]
+    taus = metrics[metrics.metric == "tau"].merge(out["members"][["member", "tau_mode", "tau_init"]], on="member")
+    learnable = taus[taus.tau_mode == "learnable"]
+    assert learnable.value.between(exp.temperature.tau_min * (1 - 1e-6), exp.temperature.tau_max * (1 + 1e-6)).all()
+    assert (learnable.groupby("member").value.agg(lambda v: v.max() - v.min()) > 0).all()
+    fixed = taus[taus.tau_mode == "fixed"]
+    assert (fixed.value == fixed.tau_init.astype("float32")).all()
+
+
+def test_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path):
+    # τ = 1e-30 is a legal temperature whose logits overflow float32 at once.
+    exp, _ = config.load_experiment("quadrants", ["steps=50", "sweep.tau=[0.05, 1e-30]", "sweep.tau_mode=['fixed']"])
+    run_dir, out = engine.run_sweep(exp, "quadrants", root=tmp_path)
+    members = out["members"].set_index("tau_init")
+    assert members.loc[1e-30, "status"] == "diverged"
+    assert members.loc[1e-30, "diverged_step"] == 0
+    assert members.loc[0.05, "status"] == "ok"
+    assert math.isfinite(members.loc[0.05, "loss"])
+    metrics = out["metrics"]
+    assert metrics[(metrics.member == 0) & (metrics.metric == "loss")].value.notna().all()
+    assert (run_dir / "members.csv").is_file()
+
+
+def test_interrupted_run_resumes_to_the_same_tables(tmp_path, monkeypatch):
+    exp, _ = config.load_experiment("quadrants", ["steps=200", "log_every=20", "eval_every=50", "checkpoint_every=60"])
+    _, full = engine.run_sweep(exp, "quadrants", root=tmp_path / "full")
+
+    real_write = results.atomic_write
+    writes = []
+
+    def write_then_die(path, write):
+        real_write(path, write)
+        if path.suffix == ".pt":
+            writes.append(path)
+            if len(writes) == 2:  # killed right after the second checkpoint
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(results, "atomic_write", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        engine.run_sweep(exp, "quadrants", root=tmp_path / "cut")
+    monkeypatch.setattr(results, "atomic_write", real_write)
+    run_dir = next((tmp_path / "cut" / "quadrants").iterdir())
+    assert not (run_dir / "members.parquet").exists()
+    assert torch.load(run_dir / "checkpoints" / "chunk-0.pt", weights_only=False)["step"] == 120
+
+    resumed_exp, _ = config.load_experiment(str(run_dir / "config.toml"))
+    _, resumed = engine.run_sweep(resumed_exp, "quadrants", run_dir=run_dir)
+    for name in ("members", "metrics", "embeddings"):
+        pd.testing.assert_frame_equal(resumed[name], full[name])
+        pd.testing.assert_frame_equal(pd.read_parquet(run_dir / f"{name}.parquet"), full[name])
+
+
+def test_population_larger_than_budget_runs_in_chunks_with_the_same_results(tmp_path):
+    exp, _ = config.load_experiment("quadrants", ["steps=40", "sweep.seeds=[0, 1]"])
+    _, whole = engine.run_sweep(exp, "quadrants", root=tmp_path / "a")
+    per_member_mb = Quadrants.member_bytes(exp) / 2**20
+    small = exp.model_copy(update={"memory_budget_mb": 3.5 * per_member_mb})
+    assert [len(c) for c in engine.chunks(small, config.members(small))] == [3, 3, 3, 3, 3, 3, 2]
+    run_dir, chunked = engine.run_sweep(small, "quadrants", root=tmp_path / "b")
+    pd.testing.assert_frame_equal(chunked["members"], whole["members"])
+    pd.testing.assert_frame_equal(chunked["metrics"], whole["metrics"])
+    assert len(list((run_dir / "checkpoints").iterdir())) == 7
+
+
+def test_run_directory_contract(tmp_path):
+    exp, _ = config.load_experiment("quadrants", ["steps=30", "log_every=10", "eval_every=15"])
+    run_dir, out = engine.run_sweep(exp, "quadrants", root=tmp_path)
+    for name in ("config.toml", "env.json", "members.parquet", "members.csv", "metrics.parquet", "embeddings.parquet"):
+        assert (run_dir / name).is_file(), name
+    members = pd.read_parquet(run_dir / "members.parquet")
+    assert list(members.columns[:6]) == ["member", "tau_mode", "tau_init", "seed", "status", "diverged_step"]
+    assert len(members) == 10
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    assert list(metrics.columns) == ["member", "step", "metric", "value"]
+    assert sorted(metrics.step.unique()) == [0, 10, 15, 20, 30]
+    embeddings = pd.read_parquet(run_dir / "embeddings.parquet")
+    assert len(embeddings) == 10 * 100 * 3  # members × points × eval steps (0, 15, 30)
+    # the resolved config reproduces the run
+    again, _ = config.load_experiment(str(run_dir / "config.toml"))
+    assert again == exp
