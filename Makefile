@@ -9,6 +9,10 @@ RESULTS ?= results
 
 .PHONY: install test lint demo bench clean
 
+# Any study in experiments/: make study-NAME (e.g. make study-quadrants); ARGS passes options.
+study-%: install
+	$(BIN)/tau-lab sweep $* --results $(RESULTS) $(ARGS)
+
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile

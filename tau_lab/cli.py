@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import math
 import sys
+import tomllib
 from collections.abc import Iterator
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import pandas as pd
-import tomllib
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -78,7 +78,7 @@ def _floats(option: str, text: str) -> list[float]:
     return values
 
 
-class TableFormat(str, Enum):
+class TableFormat(StrEnum):
     table = "table"
     csv = "csv"
     markdown = "markdown"

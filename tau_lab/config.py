@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import itertools
 import math
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tau_lab.temperature import MODES, SCHEDULES
@@ -52,6 +52,8 @@ class TemperatureSettings(_Strict):
 
 
 class Sweep(_Strict):
+    """The grid: the product of these lists (and a task's own, in a subclass) with ``seeds``."""
+
     tau: list[float] = Field([0.07], min_length=1)
     tau_mode: list[str] = Field(["fixed"], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
@@ -74,10 +76,10 @@ class Sweep(_Strict):
 
 
 class Experiment(_Strict):
-    """A whole study; ``data`` and ``model`` are checked by the task's own schema."""
+    """A whole study; ``data``, ``model`` and ``sweep`` are checked by the task's own schemas."""
 
     description: str = ""
-    task: Literal["quadrants"]
+    task: str
     steps: int = Field(1000, gt=0)
     log_every: int = Field(100, gt=0)
     eval_every: int = Field(1000, gt=0)
@@ -90,7 +92,7 @@ class Experiment(_Strict):
     temperature: TemperatureSettings = TemperatureSettings()
     data: dict[str, Any] = {}
     model: dict[str, Any] = {}
-    sweep: Sweep = Sweep()
+    sweep: dict[str, Any] = {}
 
 
 def _one_line(error: ValidationError, source: str) -> str:
@@ -156,20 +158,22 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
 
     try:
         experiment = Experiment.model_validate(raw)
-        task = TASKS[experiment.task]
-        experiment.data = task.Data.model_validate(experiment.data).model_dump()
-        experiment.model = task.Model.model_validate(experiment.model).model_dump()
     except ValidationError as err:
-        section = err.title.lower() if err.title in ("Data", "Model") else ""
-        message = _one_line(err, source)
-        if section:
-            message = message.replace(f"{source}: ", f"{source}: {section}.", 1)
-        raise ConfigError(message) from None
-    t = experiment.temperature
-    if any(m in SCHEDULES for m in experiment.sweep.tau_mode) and t.period is None:
+        raise ConfigError(_one_line(err, source)) from None
+    if experiment.task not in TASKS:
+        raise ConfigError(f"{source}: task = {experiment.task!r} is not allowed: use one of {', '.join(TASKS)}")
+    task = TASKS[experiment.task]
+    for section in ("data", "model", "sweep"):
+        schema = getattr(task, section.capitalize())
+        try:
+            setattr(experiment, section, schema.model_validate(getattr(experiment, section)).model_dump())
+        except ValidationError as err:
+            raise ConfigError(_one_line(err, source).replace(f"{source}: ", f"{source}: {section}.", 1)) from None
+    t, sweep = experiment.temperature, experiment.sweep
+    if any(m in SCHEDULES for m in sweep["tau_mode"]) and t.period is None:
         t.period = experiment.steps
-    if "learnable" in experiment.sweep.tau_mode:
-        for tau in experiment.sweep.tau:
+    if "learnable" in sweep["tau_mode"]:
+        for tau in sweep["tau"]:
             if not t.tau_min <= tau <= t.tau_max:
                 raise ConfigError(
                     f"{source}: sweep.tau = {tau:g} with tau_mode 'learnable' lies outside the clamp "
@@ -179,20 +183,31 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
 
 
 def members(experiment: Experiment) -> list[dict[str, Any]]:
-    """The grid: one dict per member, ``member`` numbered from 0, seeds varying slowest.
+    """The grid: one dict per member (``member``, ``tau_mode``, ``tau_init``, the task's own axes,
+    ``seed``), numbered from 0, seeds varying slowest, then the axes in the order declared.
 
-    Scheduled members ignore ``tau``, so each schedule appears once per seed with ``tau_init``
-    set to the schedule's start (τ_max).
+    Scheduled members ignore ``tau``, so each schedule appears once per combination with
+    ``tau_init`` set to the schedule's start (τ_max).
     """
-    sweep = experiment.sweep
+    sweep = dict(experiment.sweep)
+    seeds, modes, taus = sweep.pop("seeds"), sweep.pop("tau_mode"), sweep.pop("tau")
     rows, seen = [], set()
-    for seed, mode, tau in itertools.product(sweep.seeds, sweep.tau_mode, sweep.tau):
+    for seed, mode, tau, *extra in itertools.product(seeds, modes, taus, *sweep.values()):
         if mode in SCHEDULES:
             tau = experiment.temperature.tau_max
-        if (seed, mode, tau) in seen:
+        key = (seed, mode, tau, *extra)
+        if key in seen:
             continue
-        seen.add((seed, mode, tau))
-        rows.append({"member": len(rows), "tau_mode": mode, "tau_init": tau, "seed": seed})
+        seen.add(key)
+        rows.append(
+            {
+                "member": len(rows),
+                "tau_mode": mode,
+                "tau_init": tau,
+                **dict(zip(sweep, extra, strict=True)),
+                "seed": seed,
+            }
+        )
     return rows
 
 

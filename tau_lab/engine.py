@@ -10,6 +10,7 @@ turns non-finite is marked diverged at that step and frozen; the others go on.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +70,16 @@ def train_population(
     device: torch.device,
     checkpoint: Path | None = None,
     progress: bool = False,
+    on_eval: Callable[[int, dict[str, Tensor]], Tensor | None] | None = None,
 ) -> dict[str, Any]:
     """Train one population (a chunk of members) to the end; resumes from ``checkpoint`` if it exists.
 
-    Returns ``alive`` and ``diverged_step`` per member, the metric log, the embeddings and the
-    final parameters.
+    ``on_eval(step, evaluation)`` is called at every evaluation with the ``{metric: [K]}`` just
+    measured; it may return ``[K]`` bools of members to prune (a search's pruner): they are frozen
+    from that step on, like diverged members, with status ``pruned``.
+
+    Returns ``alive``, ``pruned`` and ``diverged_step`` per member, the metric log, the
+    embeddings and the final parameters.
     """
     saved = torch.load(checkpoint, weights_only=False) if checkpoint and checkpoint.exists() else None
     if saved and saved["done"]:
@@ -90,6 +96,7 @@ def train_population(
     k, steps = len(rows), experiment.steps
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged_step = torch.full((k,), -1, device=device)
+    pruned = torch.zeros(k, dtype=torch.bool, device=device)
     log, embeddings, start = MetricLog(), [], 0
     window_loss, window_steps = torch.zeros(k, device=device), 0  # the loss logged is the window's mean
     if saved:
@@ -97,6 +104,7 @@ def train_population(
             params[name].copy_(value)
         optimizer.load_state_dict(saved["optimizer"])
         alive, diverged_step, start = saved["alive"].to(device), saved["diverged_step"].to(device), saved["step"]
+        pruned = saved["pruned"].to(device)
         log, embeddings = saved["log"], saved["embeddings"]
         window_loss, window_steps = saved["window_loss"].to(device), saved["window_steps"]
     step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
@@ -107,7 +115,7 @@ def train_population(
         tau = temperature(step).detach()
         with autocast:
             out = step_fn(params, tau, task.batch(step))
-        grads = {**out.grads, "logit_scale": -tau * out.grad_tau}  # ∂L/∂ln(1/τ) = −τ ∂L/∂τ
+        grads = {**out.grads, "logit_scale": temperature.logit_scale_grad(tau, out.grad_tau, step)}
         finite = torch.isfinite(out.loss)
         if step % experiment.log_every == 0 or step == steps:
             finite &= _finite_per_member([*grads.values(), *params.values()])
@@ -123,9 +131,11 @@ def train_population(
                 "grad_norm_tau": grads["logit_scale"].abs(),
                 "tau": tau,
                 "logit_scale": temperature.logit_scale.detach(),
-                "effective_negatives": metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1),
             }
-            log.record(step, values | {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()})
+            if out.sims is not None:
+                values["effective_negatives"] = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)
+            values |= {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()}
+            log.record(step, values | task.diagnostics(params, tau, step))
             window_loss.zero_()
             window_steps = 0
             losses = values["loss"][alive]
@@ -133,8 +143,15 @@ def train_population(
                 bar.set_postfix_str(f"loss {losses.min():.3g}..{losses.max():.3g}, diverged {int((~alive).sum())}")
         if step % experiment.eval_every == 0 or step == steps:
             with torch.no_grad():
-                log.record(step, task.evaluate(params))
-                embeddings.append((step, task.embed(params).float().cpu()))
+                evaluation = task.evaluate(params)
+                log.record(step, evaluation)
+                embedded = task.embed(params)
+                if embedded is not None:
+                    embeddings.append((step, embedded.float().cpu()))
+            prune = on_eval(step, evaluation) if on_eval else None
+            if prune is not None:
+                pruned |= prune.to(device) & alive
+                alive &= ~pruned
         if step == steps:
             break
 
@@ -151,6 +168,7 @@ def train_population(
                 "optimizer": optimizer.state_dict(),
                 "alive": alive.cpu(),
                 "diverged_step": diverged_step.cpu(),
+                "pruned": pruned.cpu(),
                 "log": log,
                 "embeddings": embeddings,
                 "window_loss": window_loss.cpu(),
@@ -162,6 +180,7 @@ def train_population(
     output = {
         "alive": alive.cpu(),
         "diverged_step": diverged_step.cpu(),
+        "pruned": pruned.cpu(),
         "log": log,
         "embeddings": embeddings,
         "params": {n: p.cpu() for n, p in params.items()},
@@ -186,7 +205,10 @@ def tables(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
         ids = [r["member"] for r in rows[offset : offset + len(output["alive"])]]
         offset += len(ids)
         metric_frames.append(output["log"].frame(ids))
-        status += ["ok" if a else "diverged" for a in output["alive"].tolist()]
+        status += [
+            "pruned" if p else "ok" if a else "diverged"
+            for a, p in zip(output["alive"].tolist(), output["pruned"].tolist(), strict=True)
+        ]
         diverged += output["diverged_step"].tolist()
         for step, emb in output["embeddings"]:
             k, n, d = emb.shape
@@ -204,7 +226,9 @@ def tables(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
     members_df = members_df.join(final, on="member")
     out = {"members": members_df, "metrics": metrics_df}
     if embedding_frames:
-        out["embeddings"] = pd.concat(embedding_frames).sort_values(["member", "step"], kind="stable", ignore_index=True)
+        out["embeddings"] = pd.concat(embedding_frames).sort_values(
+            ["member", "step"], kind="stable", ignore_index=True
+        )
     return out
 
 

@@ -37,12 +37,12 @@ FORMATS = ("png", "svg", "pdf")
 MARKERS = {"fixed": "o", "learnable": "s", "cosine": "^", "linear": "D"}
 FLOOR = 1e-6  # log axes show at most six decades below the maximum; smaller values sit on the floor
 
-CURVES = {"loss": "loss", "grad_norm": "gradient norm ‖∇w‖", "tau": "τ"}
-FINAL = {
-    "uniformity": "uniformity log E exp(−2‖Δf‖²)\n(lower = more uniform)",
-    "tolerance": "tolerance: same-class cosine\n(higher = classes tighter)",
-    "alignment": "alignment E‖f(x) − f(x⁺)‖²\n(lower = positives closer)",
-    "cross_similarity": "cross-class cosine\n(lower = classes further apart)",
+CURVES = {"loss": "loss", "grad_norm": "gradient norm ‖∇w‖", "tau": "temperature τ"}
+FINAL = {  # name: (what it is, how to read it)
+    "uniformity": ("uniformity", "log E exp(−2‖Δf‖²), lower = more uniform"),
+    "tolerance": ("tolerance", "same-class cosine, higher = tighter classes"),
+    "alignment": ("alignment", "E‖f(x) − f(x⁺)‖², lower = closer positives"),
+    "cross_similarity": ("cross-class similarity", "mean cosine, lower = classes further apart"),
 }
 QUADRANTS = ["I (+, +)", "II (−, +)", "III (−, −)", "IV (+, −)"]  # point i lies in quadrant i // n
 
@@ -119,8 +119,16 @@ def _figure(width: float, height: float, **grid: Any) -> tuple[Figure, np.ndarra
 
 
 def _palette(names: list[str]) -> dict[str, Any]:
-    colours = sns.color_palette("colorblind", max(len(names), 1))
-    return dict(zip(names, colours, strict=False))
+    """Colour-blind-safe colours for categories; orange and vermillion (1 and 3) are never neighbours."""
+    colours = sns.color_palette("colorblind", 10)
+    picks = [colours[i] for i in (0, 1, 2, 4, 3, 9, 5, 7, 8, 6)]
+    return {name: picks[i % len(picks)] for i, name in enumerate(names)}
+
+
+def _tau_palette(taus: list[float]) -> dict[float, Any]:
+    """τ always in viridis, dark = small τ, as the log colour scale of the planes."""
+    ordered = sorted(taus)
+    return dict(zip(ordered, sns.color_palette("viridis", len(ordered)), strict=True))
 
 
 def _tau_text(tau: float) -> str:
@@ -143,9 +151,10 @@ def training_curves(runs: Runs) -> Figure | None:
     if not names:
         return None
     df = runs.metrics[runs.metrics["metric"].isin(names)].copy()
-    taus = sorted(df["tau_init"].unique(), reverse=True)
-    df["τ₀"] = df["tau_init"].map(_tau_text)
-    hue_order = [_tau_text(t) for t in taus]
+    colours = _tau_palette(list(df["tau_init"].unique()))
+    df["initial τ"] = df["tau_init"].map(_tau_text)
+    hue_order = [_tau_text(t) for t in sorted(colours, reverse=True)]
+    df["τ mode"] = df["series"]
     seeds = runs.members["seed"].nunique()
     fig, axes = _figure(4.2 * len(names) + 1.6, 4.2, ncols=len(names))
     for i, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
@@ -154,18 +163,20 @@ def training_curves(runs: Runs) -> Figure | None:
         label = CURVES[name]
         if floor is not None:
             # zeros (a vanished gradient, an underflowed loss) would vanish from a log axis: pin them to the floor
-            part = part.assign(value=part["value"].clip(lower=floor))
             label += " (log scale)"
-            if (runs.metrics.loc[part.index, "value"] < floor).any():
-                label += f"\nvalues < {floor:.0e} drawn at {floor:.0e}"
+            below = part.loc[part["value"] < floor, "value"]
+            if not below.empty:
+                what = "zeros" if (below <= 0).all() else f"values < {floor:.0e}"
+                label += f"\n{what} drawn at {floor:.0e}"
+            part = part.assign(value=part["value"].clip(lower=floor))
         sns.lineplot(
             part,
             x="step",
             y="value",
-            hue="τ₀",
+            hue="initial τ",
             hue_order=hue_order,
-            palette=_palette(hue_order),
-            style="series",
+            palette={_tau_text(t): c for t, c in colours.items()},
+            style="τ mode",
             style_order=runs.series_order,
             estimator="mean",
             errorbar=("pi", 100),  # min–max over seeds; stays positive on a log axis, unlike ± sd
@@ -174,8 +185,8 @@ def training_curves(runs: Runs) -> Figure | None:
         )
         if floor is not None:
             ax.set_yscale("log")
-        ax.set(xlabel="step", ylabel=label, title=name.replace("_", " "))
-    axes[0, -1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=None)
+        ax.set(xlabel="step", ylabel=label, title=CURVES[name].split(" ‖")[0])
+    sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), frameon=False)
     band = f"mean over {seeds} seeds, band min–max" if seeds > 1 else "1 seed"
     fig.suptitle(f"{runs.study}: training curves ({band})")
     return fig
@@ -201,7 +212,7 @@ def final_metrics(runs: Runs) -> Figure | None:
     colours = _palette(order)
     ncols = 2 if len(names) > 1 else 1
     nrows = -(-len(names) // ncols)
-    fig, axes = _figure(4.6 * ncols + 1.8, 3.4 * nrows + 0.5, nrows=nrows, ncols=ncols, sharex=True)
+    fig, axes = _figure(4.4 * ncols + 1.8, 3.2 * nrows + 0.6, nrows=nrows, ncols=ncols, sharex=True)
     for ax, name in zip(axes.flat, names, strict=False):
         sns.lineplot(
             table,
@@ -212,7 +223,7 @@ def final_metrics(runs: Runs) -> Figure | None:
             palette=colours,
             style="series",
             style_order=order,
-            markers={s: MARKERS.get(s.rsplit(": ", 1)[-1], "o") for s in order},
+            markers=_markers(order),
             dashes=False,
             markersize=7,
             errorbar=None,
@@ -230,15 +241,24 @@ def final_metrics(runs: Runs) -> Figure | None:
                 capsize=3,
             )
         ax.set_xscale("log")
-        ax.set(xlabel="τ (log scale)", ylabel=FINAL[name])
+        short, explanation = FINAL[name]
+        ax.set(xlabel="τ (log scale)", ylabel=short, title=f"{short}\n{explanation}")
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
-    axes.flat[0].legend(title="τ mode", frameon=False)
-    sns.move_legend(axes.flat[0], "upper left", bbox_to_anchor=(0, -0.02), bbox_transform=fig.transFigure)
+    sns.move_legend(axes.flat[0], "upper left", bbox_to_anchor=(1.02, 1), title="τ mode", frameon=False)
+    if ncols > 1:  # the first panel's legend would squeeze it: give it to the figure instead
+        legend = axes.flat[0].get_legend()
+        fig.legend(legend.legend_handles, [t.get_text() for t in legend.texts], title="τ mode",
+                   loc="outside right upper", frameon=False)
+        legend.remove()
     seeds = runs.members["seed"].nunique()
     spread = f"mean ± sd over {seeds} seeds" if seeds > 1 else "1 seed"
-    fig.suptitle(f"{runs.study}: final metrics against τ ({spread}; learnable and scheduled τ at their final value)")
+    fig.suptitle(f"{runs.study}: final metrics against τ ({spread})\nlearnable and scheduled members at their final τ")
     return fig
+
+
+def _markers(order: list[str]) -> dict[str, str]:
+    return {s: MARKERS.get(s.rsplit(": ", 1)[-1], "o") for s in order}
 
 
 def planes(runs: Runs) -> Figure | None:
@@ -255,7 +275,7 @@ def planes(runs: Runs) -> Figure | None:
     if not pairs or ok.empty:
         return None
     order = [s for s in runs.series_order if s in set(ok["series"])]
-    markers = {s: MARKERS.get(s.rsplit(": ", 1)[-1], "o") for s in order}
+    markers = _markers(order)
     low, high = ok["tau"].min(), ok["tau"].max()
     norm = LogNorm(low / 1.5, high * 1.5) if low == high else LogNorm(low, high)
     fig, axes = _figure(5.0 * len(pairs) + 2.2, 4.6, ncols=len(pairs))
@@ -277,8 +297,7 @@ def planes(runs: Runs) -> Figure | None:
             legend=False,
             ax=ax,
         )
-        ax.set(title=title, xlabel=FINAL[x].replace("\n", " "), ylabel=FINAL[y])
-        ax.xaxis.label.set_size("small")
+        ax.set(title=title, xlabel=f"{FINAL[x][0]} ({FINAL[x][1]})", ylabel=f"{FINAL[y][0]}\n({FINAL[y][1]})")
     fig.colorbar(ScalarMappable(norm, "viridis"), ax=axes[0, -1], label="final τ (log scale)")
     handles = [Line2D([], [], marker=markers[s], ls="", color="grey", markeredgecolor="black", label=s) for s in order]
     fig.legend(handles=handles, title="τ mode", loc="outside right upper", frameon=False)
@@ -306,7 +325,16 @@ def _draw_points(ax: Any, frame: pd.DataFrame, colours: list[Any]) -> None:
     ax.axhline(0, color="0.6", lw=0.8, zorder=0)
     ax.axvline(0, color="0.6", lw=0.8, zorder=0)
     sns.scatterplot(
-        frame, x="e0", y="e1", hue="quadrant", hue_order=QUADRANTS, palette=colours, s=14, linewidth=0, legend=False, ax=ax
+        frame,
+        x="e0",
+        y="e1",
+        hue="quadrant",
+        hue_order=QUADRANTS,
+        palette=colours,
+        s=14,
+        linewidth=0,
+        legend=False,
+        ax=ax,
     )
     ax.set(xlim=(-1.1, 1.1), ylim=(-1.1, 1.1), xticks=[-1, 0, 1], yticks=[-1, 0, 1], xlabel="", ylabel="")
     ax.set_aspect("equal")
@@ -332,7 +360,7 @@ def quadrants(runs: Runs, run: str) -> Figure | None:
     ncols = 1 + max(len(r) for r in rows)
     size = min(2.0, 13.0 / ncols, 6.6 / len(rows))
     fig, axes = _figure(size * ncols + 0.4, size * len(rows) + 1.1, nrows=len(rows), ncols=ncols)
-    colours = sns.color_palette("colorblind", 4)
+    colours = list(_palette(QUADRANTS).values())
     shown = None
     for r, row in enumerate(rows):
         start = emb[(emb["member"] == row["member"].iloc[0]) & (emb["step"] == first)].sort_values("point")
@@ -348,6 +376,8 @@ def quadrants(runs: Runs, run: str) -> Figure | None:
             after = emb[(emb["member"] == member["member"]) & (emb["step"] == last)]
             _draw_points(axes[r, c], after, colours)
             axes[r, c].set_title(_panel_title(member))
+            # every panel has the seed's limits: tick labels on the outer panels only, so titles have room
+            axes[r, c].tick_params(labelbottom=r == len(rows) - 1, labelleft=c == 1)
         for c in range(1 + len(row), ncols):
             axes[r, c].axis("off")
     handles = [Line2D([], [], marker="o", ls="", color=col, label=q) for q, col in zip(QUADRANTS, colours, strict=True)]

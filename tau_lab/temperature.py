@@ -99,6 +99,14 @@ class Temperature(nn.Module):
         is_scheduled = torch.tensor([m in SCHEDULES for m in self.modes], device=tau.device)
         return torch.where(is_scheduled, torch.tensor(scheduled, device=tau.device), tau)
 
+    def logit_scale_grad(self, tau: Tensor, grad_tau: Tensor, step: int) -> Tensor:
+        """``∂L/∂logit_scale`` from ``∂L/∂τ`` (``[members]``): ``τ = e^{−s}`` gives ``−τ ∂L/∂τ``.
+
+        Only learnable members are updated; the value for the others is still informative (the
+        pull the loss exerts on their τ) and is logged as ``grad_norm_tau``.
+        """
+        return -tau * grad_tau
+
     @torch.no_grad()
     def clamp_(self) -> None:
         """Clamp learnable members to ``[ln(1/τ_max), ln(1/τ_min)]`` in place (after a step)."""

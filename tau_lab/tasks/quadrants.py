@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from tau_lab import metrics
+from tau_lab.config import Sweep
 from tau_lab.tasks.common import StepResult, member_seeds, stack_modules
 
 COS_EPS = 1e-8  # F.cosine_similarity's eps
@@ -72,7 +73,7 @@ def draw_indices(seed: int, steps: int, data: dict[str, Any]) -> Tensor:
 class Quadrants:
     """The population: encoder weights stacked as ``w1 [K, hidden, 2]``, ``w2 [K, 2, hidden]``."""
 
-    Data, Model = Data, Model
+    Data, Model, Sweep = Data, Model, Sweep
     embedding_dim = 2
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
@@ -116,6 +117,9 @@ class Quadrants:
         grads = {"w2": do.transpose(1, 2) @ h, "w1": (do @ w2).transpose(1, 2) @ x}
         grad_tau = -(dlogits * s).sum(-1) / tau**2
         return StepResult(loss, grads, grad_tau, s)
+
+    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
+        return {}
 
     def embed(self, params: dict[str, Tensor]) -> Tensor:
         """All points through every member's encoder, ``[K, N, 2]``."""

@@ -1,0 +1,1 @@
+"""Datasets that ship with the packages tau-lab installs (nothing is downloaded)."""
