@@ -95,9 +95,9 @@ class Experiment(_Strict):
     sweep: dict[str, Any] = {}
 
 
-def _one_line(error: ValidationError, source: str) -> str:
+def _one_line(error: ValidationError, source: str, section: str = "") -> str:
     first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    key = ".".join([section, *map(str, first["loc"])] if section else map(str, first["loc"])) or "(top level)"
     if first["type"] == "extra_forbidden":
         return f"{source}: unknown key '{key}'"
     message = first["msg"].removeprefix("Value error, ")
@@ -168,7 +168,7 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
         try:
             setattr(experiment, section, schema.model_validate(getattr(experiment, section)).model_dump())
         except ValidationError as err:
-            raise ConfigError(_one_line(err, source).replace(f"{source}: ", f"{source}: {section}.", 1)) from None
+            raise ConfigError(_one_line(err, source, section)) from None
     t, sweep = experiment.temperature, experiment.sweep
     if any(m in SCHEDULES for m in sweep["tau_mode"]) and t.period is None:
         t.period = experiment.steps

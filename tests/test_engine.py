@@ -191,7 +191,7 @@ def test_population_larger_than_budget_runs_in_chunks_with_the_same_results(tmp_
 
 def test_run_directory_contract(tmp_path):
     exp, _ = config.load_experiment("quadrants", ["steps=30", "log_every=10", "eval_every=15"])
-    run_dir, out = engine.run_sweep(exp, "quadrants", root=tmp_path)
+    run_dir, _ = engine.run_sweep(exp, "quadrants", root=tmp_path)
     for name in ("config.toml", "env.json", "members.parquet", "members.csv", "metrics.parquet", "embeddings.parquet"):
         assert (run_dir / name).is_file(), name
     members = pd.read_parquet(run_dir / "members.parquet")
