@@ -62,7 +62,7 @@ def print_frame(df: pd.DataFrame, title: str | None = None) -> None:
         rich_table.add_column(str(column), justify="right")
     for row in df.itertuples(index=False):
         rich_table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
-    Console(width=max(120, Console().width)).print(rich_table)
+    Console(width=max(160, Console().width)).print(rich_table)  # wide enough for the summary
 
 
 def _floats(option: str, text: str) -> list[float]:
