@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RESULTS ?= results
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench clean plot report search
 
 # Any study in experiments/: make study-NAME (e.g. make study-quadrants); ARGS passes options.
 study-%: install
@@ -28,12 +28,32 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -n 2
 
-# Seed 001's study: five τ, fixed and learnable, 10,000 steps; then its summary.
+# Seed 001's study: five τ, fixed and learnable, 10,000 steps; then its figures and report.
 demo: install
 	$(BIN)/tau-lab sweep quadrants --results $(RESULTS)
+	run=$$(ls -d $(RESULTS)/quadrants/*/ | sort | tail -n 1); \
+	$(BIN)/tau-lab plot $$run && $(BIN)/tau-lab report $$run
 
+# Figures and the report of a run: make plot RUN=results/quadrants/<run-id>
+plot: install
+	$(BIN)/tau-lab plot $(RUN)
+
+report: install
+	$(BIN)/tau-lab report $(RUN)
+
+# Optuna searches, batched into populations (docs/search.md): distillation's T and α, contrastive τ.
+# Running it again continues each study toward its --trials.
+search: install
+	$(BIN)/tau-lab search digits_kd_search --trials 32 --batch 8 --seed 0 --results $(RESULTS)
+	$(BIN)/tau-lab search quadrants_search --trials 32 --batch 8 --seed 0 --results $(RESULTS)
+
+# Speed against sequential per-member loops, measured in one run (docs/benchmarks.md).
+# make bench BENCH_ARGS=--quick is a smoke test of every path.
 bench: install
-	$(BIN)/python benchmarks/bench.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_contrastive.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_distill.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_search.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

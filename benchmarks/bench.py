@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -104,8 +103,9 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def summary(times: list[float], members: int, steps: int) -> dict[str, Any]:
-    """Median seconds of the repeats and the member-steps per second it gives."""
-    seconds = statistics.median(times)
+    """The best (shortest) of the repeats, and the member-steps per second it gives: other processes
+    on the machine can only add time, so the minimum is the least noisy estimate."""
+    seconds = min(times)
     return {
         "members": members,
         "steps": steps,
@@ -115,66 +115,72 @@ def summary(times: list[float], members: int, steps: int) -> dict[str, Any]:
     }
 
 
-def bench_baseline(experiment: config.Experiment, rows: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
-    """Seed 001's sequential loop: ``train_reference`` for each member in turn; median of ``repeats`` passes."""
+def interleaved(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
+    """Seconds of each runner, ``repeats`` rounds of all of them in turn: a spell of load from other
+    processes then falls on every variant alike, not on one."""
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            times[name].append(timed(run))
+    return times
+
+
+def baseline_runner(experiment: config.Experiment, rows: list[dict[str, Any]]) -> Callable[[], Any]:
+    """Seed 001's sequential loop: ``train_reference`` for each member in turn (warmed up first)."""
     train_reference(with_steps(experiment, WARMUP_STEPS), rows[0])
-    times = [timed(lambda: [train_reference(experiment, row) for row in rows]) for _ in range(repeats)]
-    return summary(times, len(rows), experiment.steps)
+    return lambda: [train_reference(experiment, row) for row in rows]
 
 
-def bench_population(experiment: config.Experiment, rows: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
-    """The population engine, one ``train_population`` call per repeat (task set-up, logging and
-    evaluation included, as a sweep runs it); warmed up first (a short call)."""
+def population_runner(experiment: config.Experiment, rows: list[dict[str, Any]]) -> Callable[[], Any]:
+    """The population engine, one ``train_population`` call (task set-up, logging and evaluation
+    included, as a sweep runs it); warmed up first with a short call (with ``compile``, the first
+    call, compile included, is the warm-up)."""
     engine.train_population(with_steps(experiment, WARMUP_STEPS), rows, CPU)
-    times = [timed(lambda: engine.train_population(experiment, rows, CPU)) for _ in range(repeats)]
-    return summary(times, len(rows), experiment.steps)
+    return lambda: engine.train_population(experiment, rows, CPU)
 
 
-def bench_compiled(experiment: config.Experiment, rows: list[dict[str, Any]], repeats: int) -> dict[str, Any]:
-    """``compile = true``: the first call (compile + ``steps`` steps), then warm calls (Dynamo's cache hit)."""
-    compiled = experiment.model_copy(update={"compile": True})
-    first = timed(lambda: engine.train_population(compiled, rows, CPU))
-    times = [timed(lambda: engine.train_population(compiled, rows, CPU)) for _ in range(repeats)]
-    out = summary(times, len(rows), experiment.steps)
-    out["first_call_seconds"] = first
-    out["compile_seconds"] = first - out["seconds"]  # first call minus a warm call of the same steps
-    return out
+def first_call(experiment: config.Experiment, rows: list[dict[str, Any]]) -> float:
+    """Seconds of a ``train_population`` call with ``compile = true`` on a cold Dynamo cache for these shapes."""
+    return timed(lambda: engine.train_population(experiment, rows, CPU))
 
 
-def bench_study(steps: int) -> dict[str, Any]:
+def study_runner(experiment: config.Experiment) -> Callable[[], Any]:
     """Seed 001's full study end to end: ``run_sweep`` (as ``tau-lab sweep quadrants``) into a temp dir."""
-    experiment, _ = config.load_experiment("quadrants", ['device="cpu"', f"steps={steps}"])
-    rows = config.members(experiment)
-    with tempfile.TemporaryDirectory() as root:
-        seconds = timed(lambda: engine.run_sweep(experiment, "quadrants", root=Path(root)))
-    return {"members": len(rows), "steps": steps, "seconds": seconds, "member_steps_per_s": len(rows) * steps / seconds}
+
+    def run() -> None:
+        with tempfile.TemporaryDirectory() as root:
+            engine.run_sweep(experiment, "quadrants", root=Path(root))
+
+    return run
 
 
 # ----------------------------------------------------------------------------- where the time goes
 
-# What the engine's loop calls, by phase; everything else in the call is the loop itself.
-PHASES: dict[str, list[tuple[Any, str]]] = {
-    "set-up (task data, initial weights)": [(Quadrants, "__init__")],
-    "task.batch (gather the step's points)": [(Quadrants, "batch")],
-    "temperature τ(step)": [(Temperature, "forward")],
-    "task.step (loss + closed-form grads)": [(Quadrants, "step")],
-    "optimizer.step": [(Optimizer, "step")],
-    "temperature.clamp_": [(Temperature, "clamp_")],
-    "logging (metrics, MetricLog.record)": [
-        (metrics, "grad_norm"),
-        (metrics, "effective_negatives"),
-        (engine.MetricLog, "record"),
-    ],
-    "evaluation (evaluate, embed)": [(Quadrants, "evaluate"), (Quadrants, "embed")],
+# What the engine's loop calls, by phase; the rest of the call is the loop itself (``LOOP``).
+PHASES: dict[str, tuple[str, list[tuple[Any, str]]]] = {
+    "set-up": ("task data, index streams, initial weights", [(Quadrants, "__init__")]),
+    "task.batch": ("gather the step's points", [(Quadrants, "batch")]),
+    "temperature(step)": ("τ per member", [(Temperature, "forward")]),
+    "task.step": ("loss and closed-form gradients", [(Quadrants, "step")]),
+    "optimizer.step": ("masked SGD update", [(Optimizer, "step")]),
+    "temperature.clamp_": ("clamp learnable τ", [(Temperature, "clamp_")]),
+    "logging": (
+        "metrics, MetricLog.record (every log_every)",
+        [(metrics, "grad_norm"), (metrics, "effective_negatives"), (engine.MetricLog, "record")],
+    ),
+    "evaluation": ("evaluate, embed (every eval_every)", [(Quadrants, "evaluate"), (Quadrants, "embed")]),
 }
-LOOP = "engine loop (finite checks, alive mask, loss window, Python)"
+LOOP = "engine loop"
+LOOP_NOTE = "finite checks, alive mask, loss window, Python"
+NOT_PER_STEP = ("set-up", "evaluation")  # once, or every eval_every steps: left out of the per-step op table
 
 
 @contextlib.contextmanager
-def phase_timers() -> Iterator[dict[str, float]]:
-    """Wrap the functions of ``PHASES`` with ``perf_counter`` timers (outermost call only, so that
-    nested calls, e.g. ``evaluate`` → ``embed``, are not counted twice). The library is not changed:
-    the wrappers are removed on exit."""
+def phase_timers(ranges: bool = False) -> Iterator[dict[str, float]]:
+    """Wrap the functions of ``PHASES`` with ``perf_counter`` timers (and, with ``ranges``, in
+    ``torch.profiler.record_function`` ranges named after the phase). Only the outermost call is
+    counted, so that nested calls (``evaluate`` → ``embed``) are not counted twice. The library's
+    files are not changed: the wrappers are removed on exit."""
     totals = dict.fromkeys(PHASES, 0.0)
     active = [False]
 
@@ -186,7 +192,8 @@ def phase_timers() -> Iterator[dict[str, float]]:
             active[0] = True
             start = time.perf_counter()
             try:
-                return fn(*args, **kwargs)
+                with torch.profiler.record_function(phase) if ranges else contextlib.nullcontext():
+                    return fn(*args, **kwargs)
             finally:
                 totals[phase] += time.perf_counter() - start
                 active[0] = False
@@ -194,7 +201,7 @@ def phase_timers() -> Iterator[dict[str, float]]:
         return timed_fn
 
     with contextlib.ExitStack() as stack:
-        for phase, targets in PHASES.items():
+        for phase, (_, targets) in PHASES.items():
             for owner, name in targets:
                 stack.enter_context(mock.patch.object(owner, name, wrap(phase, getattr(owner, name))))
         yield totals
@@ -210,31 +217,46 @@ def bench_phases(experiment: config.Experiment, rows: list[dict[str, Any]]) -> d
 
 
 def bench_profile(experiment: config.Experiment, rows: list[dict[str, Any]], top: int) -> dict[str, Any]:
-    """``torch.profiler`` over one eager ``train_population`` call: the top ops by self CPU time."""
-    from torch.profiler import ProfilerActivity, profile
+    """``torch.profiler`` over one eager ``train_population`` call, phases marked with ranges.
 
+    Each aten op's self CPU time is charged to its outermost phase (``LOOP`` when none). Returns
+    the self CPU time and op calls per phase, and the top (phase, op) pairs of the per-step phases.
+    """
     engine.train_population(with_steps(experiment, WARMUP_STEPS), rows, CPU)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, phase_timers(ranges=True):
         seconds = timed(lambda: engine.train_population(experiment, rows, CPU))
-    events = [e for e in prof.key_averages() if e.key.startswith("aten::")]
-    total_self = sum(e.self_cpu_time_total for e in events)
-    calls = sum(e.count for e in events)
-    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    ops = [
-        {
-            "op": e.key,
-            "calls": e.count,
-            "self_cpu_us": e.self_cpu_time_total,
-            "share": e.self_cpu_time_total / total_self,
-        }
-        for e in events[:top]
-    ]
+
+    def phase_of(event: Any) -> str:
+        phase, parent = LOOP, event.cpu_parent
+        while parent is not None:
+            if parent.name in PHASES:
+                phase = parent.name
+            parent = parent.cpu_parent
+        return phase
+
+    per_phase: dict[str, dict[str, float]] = {}
+    per_op: dict[tuple[str, str], dict[str, float]] = {}
+    for event in prof.events():
+        if not event.name.startswith("aten::"):
+            continue
+        phase = phase_of(event)
+        for key, table in ((phase, per_phase), ((phase, event.name), per_op)):
+            entry = table.setdefault(key, {"calls": 0, "self_cpu_us": 0.0})
+            entry["calls"] += 1
+            entry["self_cpu_us"] += event.self_cpu_time_total
+    step_total = sum(v["self_cpu_us"] for k, v in per_phase.items() if k not in NOT_PER_STEP)
+    ops = sorted(
+        ({"phase": p, "op": op, **v} for (p, op), v in per_op.items() if p not in NOT_PER_STEP),
+        key=lambda o: -o["self_cpu_us"],
+    )[:top]
+    for o in ops:
+        o["share"] = o["self_cpu_us"] / step_total
     return {
         "members": len(rows),
         "steps": experiment.steps,
         "seconds_profiled": seconds,
-        "aten_self_cpu_us": total_self,
-        "aten_calls": calls,
+        "phases": dict(sorted(per_phase.items(), key=lambda kv: -kv[1]["self_cpu_us"])),
+        "per_step_self_cpu_us": step_total,
         "top_ops": ops,
     }
 
@@ -267,7 +289,7 @@ def report(res: dict[str, Any]) -> None:
     print(f"  load average at start {m['load_average_start']}, at end {m['load_average_end']}")
     print(
         f"  steps: population {s['population_steps']}, baseline {s['baseline_steps']} per member; "
-        f"median of {s['repeats']} repeats; warm-up {WARMUP_STEPS} steps before each measurement"
+        f"best of {s['repeats']} interleaved rounds; warm-up {WARMUP_STEPS} steps before each measurement"
     )
     print(f"  torch.compile inductor cache: {s['compile_cache']}")
 
@@ -317,7 +339,7 @@ def report(res: dict[str, Any]) -> None:
                 for k, c in compiled.items()
             ],
         )
-        print("  compile overhead = first call − median warm call of the same steps (K changes shapes: a new graph).")
+        print("  compile overhead = first call − best warm call of the same steps (K changes shapes: a new graph).")
 
     st = res["study"]
     pop, base = st["population"], st["baseline"]
@@ -348,27 +370,39 @@ def report(res: dict[str, Any]) -> None:
 
     for k, ph in res["phases"].items():
         print(f"\n== Where the time goes: population K={k}, eager, {ph['steps']:,} steps, {ph['seconds']:.2f} s ==")
+        notes = {name: note for name, (note, _) in PHASES.items()} | {LOOP: LOOP_NOTE}
         print_table(
-            ["phase", "seconds", "µs/step", "share"],
+            ["phase", "what", "seconds", "µs/step", "share"],
             [
-                [name, f"{sec:.3f}", f"{sec / ph['steps'] * 1e6:.1f}", f"{sec / ph['seconds']:.0%}"]
+                [name, notes[name], f"{sec:.3f}", f"{sec / ph['steps'] * 1e6:.1f}", f"{sec / ph['seconds']:.0%}"]
                 for name, sec in sorted(ph["phases"].items(), key=lambda kv: -kv[1])
             ],
+            "llrrr",
         )
 
     pr = res["profile"]
-    print(f"\n== torch.profiler: population K={pr['members']}, eager, {pr['steps']} steps: top aten ops by self CPU ==")
+    n = pr["steps"]
+    print(f"\n== torch.profiler: population K={pr['members']}, eager, {n} steps (aten ops, self CPU time) ==")
     print(
-        f"  {pr['aten_calls'] / pr['steps']:.0f} aten op calls per step; aten self CPU "
-        f"{pr['aten_self_cpu_us'] / pr['steps']:.0f} µs/step (under the profiler, which adds overhead per op; "
-        f"profiled wall {pr['seconds_profiled'] / pr['steps'] * 1e6:.0f} µs/step)"
+        f"  profiled wall {pr['seconds_profiled'] / n * 1e6:.0f} µs/step (the profiler adds a cost per op, "
+        "so compare shares and op counts, not absolute times)"
     )
     print_table(
-        ["op", "calls/step", "self µs/step", "share"],
+        ["phase", "op calls/step", "self µs/step"],
+        [[p, f"{v['calls'] / n:.1f}", f"{v['self_cpu_us'] / n:.1f}"] for p, v in pr["phases"].items()],
+    )
+    per_step_calls = sum(v["calls"] for p, v in pr["phases"].items() if p not in NOT_PER_STEP)
+    print(
+        f"  per-step phases (all but {', '.join(NOT_PER_STEP)}): {per_step_calls / n:.0f} aten op calls/step, "
+        f"{pr['per_step_self_cpu_us'] / n:.0f} µs/step of aten self CPU time; their top ops:"
+    )
+    print_table(
+        ["phase", "op", "calls/step", "self µs/step", "share"],
         [
-            [o["op"], f"{o['calls'] / pr['steps']:.1f}", f"{o['self_cpu_us'] / pr['steps']:.1f}", f"{o['share']:.0%}"]
+            [o["phase"], o["op"], f"{o['calls'] / n:.1f}", f"{o['self_cpu_us'] / n:.1f}", f"{o['share']:.0%}"]
             for o in pr["top_ops"]
         ],
+        "llrrr",
     )
     print(
         "\nNote: wall-clock timings on a shared machine; other processes may run concurrently, so figures can be "
@@ -390,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--study-baseline-steps", type=int, help="baseline steps per study member (default: --baseline-steps)"
     )
-    parser.add_argument("--repeats", type=int, help="timed repeats per measurement, median reported (default 3)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per measurement, best reported (default 3)")
     parser.add_argument("--subset", type=int, default=5, help="members the K=100 baseline runs (default 5)")
     parser.add_argument("--profile-steps", type=int, help="steps of the torch.profiler run (default 200)")
     parser.add_argument("--no-compile", action="store_true", help="skip the compile=true measurements")
@@ -440,34 +474,55 @@ def main(argv: list[str] | None = None) -> int:
         rows = config.members(experiment)
         assert len(rows) == int(k), (k, len(rows))
         subset = rows if seeds == 1 else spread(rows, args.subset)
-        entry: dict[str, Any] = {}
-        say(f"K={k}: baseline, {len(subset)} members × {base_steps} steps × {repeats}")
-        entry["baseline"] = bench_baseline(with_steps(experiment, base_steps), subset, repeats)
-        say(f"K={k}: population eager, {pop_steps} steps × {repeats}")
-        entry["population"] = bench_population(experiment, rows, repeats)
+        baseline_exp = with_steps(experiment, base_steps)
+        compiled_exp = experiment.model_copy(update={"compile": True})
+        runners = {"baseline": baseline_runner(baseline_exp, subset), "population": population_runner(experiment, rows)}
         if not args.no_compile:
-            say(f"K={k}: population compile=true, first call + {repeats} warm")
-            entry["compiled"] = bench_compiled(experiment, rows, repeats)
+            say(f"K={k}: compile=true, first call ({pop_steps} steps)")
+            first = first_call(compiled_exp, rows)
+            runners["compiled"] = population_runner(compiled_exp, rows)
+        say(
+            f"K={k}: {repeats} rounds of baseline ({len(subset)} members × {base_steps} steps), "
+            f"population ({pop_steps} steps){'' if args.no_compile else ', compiled (warm)'}"
+        )
+        times = interleaved(runners, repeats)
+        entry = {
+            "baseline": summary(times["baseline"], len(subset), base_steps),
+            "population": summary(times["population"], len(rows), pop_steps),
+        }
+        if not args.no_compile:
+            entry["compiled"] = summary(times["compiled"], len(rows), pop_steps)
+            entry["compiled"]["first_call_seconds"] = first
+            entry["compiled"]["compile_seconds"] = first - entry["compiled"]["seconds"]
         res["throughput"][k] = entry
         say(f"K={k}: per-phase breakdown, {pop_steps} steps")
         res["phases"][k] = bench_phases(experiment, rows)
 
-    study_exp, _ = config.load_experiment("quadrants", ['device="cpu"', f"steps={study_base_steps}"])
+    study_exp, _ = config.load_experiment("quadrants", ['device="cpu"', f"steps={study_steps}"])
     study_rows = config.members(study_exp)
-    say(f"study: baseline, {len(study_rows)} members × {study_base_steps} steps")
-    study_base = bench_baseline(study_exp, study_rows, 1)
-    say(f"study: run_sweep, {len(study_rows)} members × {study_steps} steps")
-    study_pop = bench_study(study_steps)
+    say(
+        f"study: {repeats} rounds of baseline ({len(study_rows)} members × {study_base_steps} steps), "
+        f"run_sweep ({study_steps} steps)"
+    )
+    times = interleaved(
+        {
+            "baseline": baseline_runner(with_steps(study_exp, study_base_steps), study_rows),
+            "run_sweep": study_runner(study_exp),
+        },
+        repeats,
+    )
+    study_base = summary(times["baseline"], len(study_rows), study_base_steps)
+    study_pop = summary(times["run_sweep"], len(study_rows), study_steps)
     res["study"] = {
         "baseline": study_base,
         "population": study_pop,
         # members are independent: the sequential loop's time for the study's members × steps
-        "baseline_seconds_for_study": study_pop["members"] * study_steps / study_base["member_steps_per_s"],
+        "baseline_seconds_for_study": len(study_rows) * study_steps / study_base["member_steps_per_s"],
     }
 
     say(f"profile: K=5, {profile_steps} steps")
     profile_exp = load(profile_steps, 1)
-    res["profile"] = bench_profile(profile_exp, config.members(profile_exp), top=15)
+    res["profile"] = bench_profile(profile_exp, config.members(profile_exp), top=20)
     res["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
 
     report(res)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import sys
 import tomllib
@@ -14,9 +15,11 @@ from typing import Annotated
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from tau_lab import __version__, config, engine, results, table
+from tau_lab import __version__, config, engine, plots, report, results, search, table
+from tau_lab.tasks import TASKS
 
 app = typer.Typer(
     help="tau-lab: a laboratory for softmax-temperature studies (contrastive learning, distillation).",
@@ -92,10 +95,16 @@ def table_command(
     format: Annotated[
         TableFormat, typer.Option("--format", help="table (terminal), csv or markdown.")
     ] = TableFormat.table,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw p_i against τ (seed 003's figure) to this .png/.svg/.pdf.")
+    ] = None,
 ) -> None:
     """Softmax probabilities (and cross-entropy) of LOGITS at each τ, as in seed 001's table."""
     with user_errors():
         df = table.softmax_table(_floats("--logits", logits), _floats("--tau", tau), target)
+        if plot is not None:
+            plots.plot_softmax(_floats("--logits", logits), _floats("--tau", tau), plot, target)
+            typer.echo(f"figure: {plot}", err=True)  # stderr: stdout may be a CSV or markdown table
     if format is TableFormat.csv:
         typer.echo(df.to_csv(index=False), nl=False)
     elif format is TableFormat.markdown:
@@ -128,7 +137,18 @@ SUMMARY_COLUMNS = [
 ]
 
 
-@app.command("sweep")
+def _task_axes() -> str:
+    """The grid axes each task adds to ``[sweep]``, with their descriptions: the epilog of ``sweep --help``."""
+    lines = [
+        f"{name}: sweep.{key}" + (f": {field.description}" if field.description else "")
+        for name, task in TASKS.items()
+        for key, field in task.Sweep.model_fields.items()
+        if key not in config.Sweep.model_fields
+    ]
+    return "\n\n".join(escape(line) for line in ["Task axes of [sweep], beside tau, tau_mode and seeds:", *lines])
+
+
+@app.command("sweep", epilog=_task_axes())
 def sweep_command(
     experiment: Annotated[
         str, typer.Argument(help="A name in experiments/ (see `tau-lab experiments`) or a TOML path.")
@@ -156,17 +176,110 @@ def sweep_command(
             if not (resume / "config.toml").is_file():
                 raise FileNotFoundError(f"--resume {resume}: not a run directory (no config.toml in it)")
             spec, _ = config.load_experiment(str(resume / "config.toml"), overrides)
-            name = resume.parent.name
         else:
-            spec, path = config.load_experiment(experiment, overrides)
-            name = path.stem
+            spec, _ = config.load_experiment(experiment, overrides)
+        name = spec.name
         progress = not quiet and sys.stderr.isatty()
         run_dir, out = engine.run_sweep(spec, name, run_dir=resume, root=results_dir, progress=progress)
     members = out["members"]
     if not quiet:
         print_frame(members[[c for c in SUMMARY_COLUMNS if c in members.columns]], title=f"{name}: final metrics")
+        summarize = getattr(TASKS[spec.task], "summarize", None)  # a task's own tables, when it has them
+        for title, frame in (summarize(members) if summarize else {}).items():
+            print_frame(frame, title=f"{name}: {title}")
     diverged = int((members["status"] == "diverged").sum())
     typer.echo(f"{len(members)} members, {diverged} diverged; results in {run_dir}")
+
+
+class FigureFormat(StrEnum):
+    png = "png"
+    svg = "svg"
+    pdf = "pdf"
+
+
+@app.command("plot")
+def plot_command(
+    run_dirs: Annotated[list[Path], typer.Argument(help="One or more run directories (several are compared).")],
+    out: Annotated[Path | None, typer.Option(help="Where the figures go (default: RUN_DIR/figures/).")] = None,
+    format: Annotated[FigureFormat, typer.Option("--format", help="png, svg or pdf.")] = FigureFormat.png,
+) -> None:
+    """Draw a run's figures: training curves, metrics against τ, the alignment–uniformity planes, …"""
+    with user_errors():
+        paths = plots.plot_run(run_dirs, out, format.value)
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command("report")
+def report_command(run_dir: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """Write RUN_DIR/report.md and a self-contained report.html: config, summary, figures, findings."""
+    with user_errors():
+        paths = report.write_report(run_dir)
+    for path in paths:
+        typer.echo(str(path))
+
+
+@app.command("search")
+def search_command(
+    experiment: Annotated[
+        str, typer.Argument(help="A name in experiments/ or a TOML path, with a search table (docs/search.md).")
+    ],
+    trials: Annotated[
+        int, typer.Option("--trials", min=1, help="N, the study's total: running again continues toward N.")
+    ] = 32,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="K trials trained together as one population.")] = 8,
+    sampler: Annotated[
+        search.SamplerName, typer.Option(help="tpe (constant liar), random, cmaes or grid.")
+    ] = search.SamplerName.tpe,
+    pruner: Annotated[
+        search.PrunerName, typer.Option(help="Freezes members that fall behind: median, hyperband or none.")
+    ] = search.PrunerName.median,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="An Optuna storage URL (postgresql://user@host/db) or a journal file path; default: a "
+            "journal file in the search's results folder."
+        ),
+    ] = None,
+    study: Annotated[
+        str | None, typer.Option(help="The study's name (default: the experiment's); same name + storage = same study.")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes on this machine, sharing the study.")] = 1,
+    seed: Annotated[int | None, typer.Option(help="Seed of the sampler (default: fresh randomness).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a value: --set steps=200")] = None,
+    results_dir: Annotated[Path, typer.Option("--results", help="Where run directories go.")] = results.RESULTS_DIR,
+) -> None:
+    """Optuna over EXPERIMENT's search space: ask K trials, train them as one population, tell K results."""
+    with user_errors():
+        spec = search.load(
+            experiment,
+            set_,
+            n_trials=trials,
+            batch_size=batch,
+            sampler=sampler,
+            pruner=pruner,
+            storage=storage,
+            study_name=study,
+            seed=seed,
+            root=results_dir,
+        )
+        if spec.n_trials < trials:
+            typer.echo(f"the grid has {spec.n_trials} points: N = {spec.n_trials}")
+        logging.basicConfig(level=logging.INFO, format=search.LOG_FORMAT)  # one line per batch, as Optuna logs
+        finished = search.run(spec, workers)
+    states = pd.Series([t.state.name.lower() for t in search.counted(finished.trials)]).value_counts()
+    counts = ", ".join(f"{n} {state}" for state, n in states.items())
+    typer.echo(f"study {spec.study_name}: {counts} trials; in {spec.directory}")
+    best = search.best_trial(finished)
+    if best is None:
+        typer.echo("no trial completed")
+        return
+    params = ", ".join(
+        f"{name} = {value:.4g}" if isinstance(value, float) else f"{name} = {value}"
+        for name, value in best.params.items()
+    )
+    typer.echo(f"best trial {best.number}: {spec.settings.objective} = {best.value:.4g} with {params}")
+    typer.echo(f"reproduce: {search.reproduce(spec, best)}")
 
 
 def main() -> None:

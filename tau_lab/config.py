@@ -16,7 +16,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tau_lab.temperature import MODES, SCHEDULES
+from tau_lab.temperature import MODES, NEEDS_PERIOD, start_tau
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -78,6 +78,7 @@ class Sweep(_Strict):
 class Experiment(_Strict):
     """A whole study; ``data``, ``model`` and ``sweep`` are checked by the task's own schemas."""
 
+    name: str = Field("", description="the study's name (default: the file's stem); names results/<name>/")
     description: str = ""
     task: str
     steps: int = Field(1000, gt=0)
@@ -93,6 +94,7 @@ class Experiment(_Strict):
     data: dict[str, Any] = {}
     model: dict[str, Any] = {}
     sweep: dict[str, Any] = {}
+    search: dict[str, Any] | None = Field(None, description="tau-lab search's table, checked by tau_lab.search")
 
 
 def _one_line(error: ValidationError, source: str, section: str = "") -> str:
@@ -150,7 +152,9 @@ def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> tu
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return validate(apply_overrides(raw, overrides or []), str(path)), path
+    experiment = validate(apply_overrides(raw, overrides or []), str(path))
+    experiment.name = experiment.name or path.stem
+    return experiment, path
 
 
 def validate(raw: dict[str, Any], source: str) -> Experiment:
@@ -170,7 +174,7 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
         except ValidationError as err:
             raise ConfigError(_one_line(err, source, section)) from None
     t, sweep = experiment.temperature, experiment.sweep
-    if any(m in SCHEDULES for m in sweep["tau_mode"]) and t.period is None:
+    if any(m in NEEDS_PERIOD for m in sweep["tau_mode"]) and t.period is None:
         t.period = experiment.steps
     if "learnable" in sweep["tau_mode"]:
         for tau in sweep["tau"]:
@@ -186,15 +190,16 @@ def members(experiment: Experiment) -> list[dict[str, Any]]:
     """The grid: one dict per member (``member``, ``tau_mode``, ``tau_init``, the task's own axes,
     ``seed``), numbered from 0, seeds varying slowest, then the axes in the order declared.
 
-    Scheduled members ignore ``tau``, so each schedule appears once per combination with
-    ``tau_init`` set to the schedule's start (τ_max).
+    Scheduled and ctkd members ignore ``tau``, so each appears once per combination with
+    ``tau_init`` set to where it starts (``temperature.start_tau``: τ_max for a schedule, the
+    middle of [τ_min, τ_max] for ctkd).
     """
     sweep = dict(experiment.sweep)
     seeds, modes, taus = sweep.pop("seeds"), sweep.pop("tau_mode"), sweep.pop("tau")
     rows, seen = [], set()
+    t = experiment.temperature
     for seed, mode, tau, *extra in itertools.product(seeds, modes, taus, *sweep.values()):
-        if mode in SCHEDULES:
-            tau = experiment.temperature.tau_max
+        tau = start_tau(mode, tau, t.tau_min, t.tau_max)
         key = (seed, mode, tau, *extra)
         if key in seen:
             continue

@@ -9,6 +9,7 @@ turns non-finite is marked diverged at that step and frozen; the others go on.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -90,9 +91,16 @@ def train_population(
         [r["tau_init"] for r in rows], [r["tau_mode"] for r in rows], t.tau_min, t.tau_max, t.period
     ).to(device)
     params = {**task.params, "logit_scale": temperature.logit_scale.data}
-    lr = {name: opt.lr for name in task.params} | {"logit_scale": opt.tau_lr or opt.lr}
-    weight_decay = {name: opt.weight_decay for name in task.params} | {"logit_scale": opt.tau_weight_decay}
-    optimizer = Optimizer(opt.name, params, lr, weight_decay, opt.betas, opt.eps)
+    # logit_scale is trained only when some member's τ is learnable (fewer ops per step otherwise)
+    trained = params if temperature.learnable.any() else task.params
+    # a task may sweep tau_lr / tau_weight_decay: a member's own value, else the optimizer's
+    tau_lr = [r.get("tau_lr") or opt.tau_lr or opt.lr for r in rows]
+    tau_wd = [opt.tau_weight_decay if r.get("tau_weight_decay") is None else r["tau_weight_decay"] for r in rows]
+    per_member = {"dtype": params["logit_scale"].dtype, "device": device}
+    lr = {name: opt.lr for name in task.params} | {"logit_scale": torch.tensor(tau_lr, **per_member)}
+    weight_decay = {name: opt.weight_decay for name in task.params}
+    weight_decay["logit_scale"] = torch.tensor(tau_wd, **per_member)
+    optimizer = Optimizer(opt.name, trained, lr, weight_decay, opt.betas, opt.eps)
     k, steps = len(rows), experiment.steps
     alive = torch.ones(k, dtype=torch.bool, device=device)
     diverged_step = torch.full((k,), -1, device=device)
@@ -115,16 +123,19 @@ def train_population(
         tau = temperature(step).detach()
         with autocast:
             out = step_fn(params, tau, task.batch(step))
-        grads = {**out.grads, "logit_scale": temperature.logit_scale_grad(tau, out.grad_tau, step)}
+        logging = step % experiment.log_every == 0 or step == steps
+        grads = dict(out.grads)
+        if trained is params or logging:
+            grads["logit_scale"] = temperature.logit_scale_grad(tau, out.grad_tau, step)
         finite = torch.isfinite(out.loss)
-        if step % experiment.log_every == 0 or step == steps:
+        if logging:
             finite &= _finite_per_member([*grads.values(), *params.values()])
         diverged_step = torch.where(alive & ~finite, step, diverged_step)
         alive &= finite
-        window_loss += torch.where(alive, out.loss, 0.0)
+        window_loss += out.loss  # a frozen member's NaN is masked when the window is logged
         window_steps += 1
 
-        if step % experiment.log_every == 0 or step == steps:
+        if logging:
             values = {
                 "loss": torch.where(alive, window_loss / window_steps, math.nan),
                 "grad_norm": metrics.grad_norm(out.grads.values()),
@@ -155,9 +166,8 @@ def train_population(
         if step == steps:
             break
 
-        optimizer.step(
-            params, grads, {name: alive for name in task.params} | {"logit_scale": alive & temperature.learnable}
-        )
+        masks = {name: alive for name in task.params} | {"logit_scale": alive & temperature.learnable}
+        optimizer.step(trained, grads, masks)
         temperature.clamp_()
         bar.update()
         if checkpoint and experiment.checkpoint_every and (step + 1) % experiment.checkpoint_every == 0:
@@ -238,13 +248,17 @@ def run_sweep(
     run_dir: Path | None = None,
     root: Path = results.RESULTS_DIR,
     progress: bool = False,
+    rows: list[dict[str, Any]] | None = None,
+    on_eval: Callable[[list[dict[str, Any]], int, dict[str, Tensor]], Tensor | None] | None = None,
 ) -> tuple[Path, dict[str, pd.DataFrame]]:
     """Train every member of ``experiment`` and write its run directory.
 
-    With ``run_dir`` given (``--resume``), continue that run from its checkpoints.
+    With ``run_dir`` given (``--resume``), continue that run from its checkpoints. ``rows`` trains
+    these members instead of the grid (a search's trials). ``on_eval(chunk, step, evaluation)`` is
+    ``train_population``'s pruning hook, given the rows of the population it evaluated.
     """
     device = resolve_device(experiment.device)
-    rows = config.members(experiment)
+    rows = config.members(experiment) if rows is None else rows
     if run_dir is None:
         run_dir = results.new_run_dir(name, root)
         results.write_text(run_dir / "config.toml", config.dumps(experiment))
@@ -252,7 +266,8 @@ def run_sweep(
     outputs = []
     for i, chunk in enumerate(chunks(experiment, rows)):
         checkpoint = run_dir / "checkpoints" / f"chunk-{i}.pt"
-        outputs.append(train_population(experiment, chunk, device, checkpoint, progress))
+        hook = None if on_eval is None else functools.partial(on_eval, chunk)
+        outputs.append(train_population(experiment, chunk, device, checkpoint, progress, hook))
     out = tables(rows, outputs)
     for table_name, df in out.items():
         results.write_table(df, run_dir / table_name, csv=table_name == "members")

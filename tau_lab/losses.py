@@ -4,14 +4,19 @@ Shapes: a leading ``members`` axis ``K`` is optional everywhere. With it, ``tau`
 ``alpha``) is a tensor ``[K]`` (or a number shared by all members) and each loss returns ``[K]``;
 without it, ``tau`` is a number and the loss is a scalar.
 
-Every loss divides by τ in float32 and goes through ``log_softmax`` (log-sum-exp), so it stays
-finite at τ = 0.001 where cosine similarities become logits of ±1000, also under bf16/fp16
-autocast.
+Every loss computes its similarities and divides by τ in float32 (autocast is switched off inside)
+and goes through ``log_softmax`` (log-sum-exp), so it stays finite and accurate at τ = 0.001,
+where cosine similarities become logits of ±1000, also when the model runs in bf16/fp16.
+
+A tensor ``tau`` of shape ``[K]`` always means one value per member along the leading axis.
+Numbers and CPU tensors are validated (τ > 0, α ∈ [0, 1]); on an accelerator that check would
+stall every step, so there the values are trusted (the engine validates its config up front).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -21,17 +26,24 @@ from tau_lab.checks import check_positive, check_shape, check_unit_interval
 
 
 def _broadcast(value: float | Tensor, like: Tensor, name: str) -> Tensor:
-    """A per-member value ``[K]`` (or a number) shaped ``[K, 1, ..., 1]`` to divide ``like``."""
+    """A per-member value ``[K]`` (or a number) shaped ``[K, 1, ..., 1]`` to combine with ``like``."""
     value = torch.as_tensor(value, dtype=torch.float32, device=like.device)
     if value.ndim == 0:
         return value
-    check_shape(
-        name,
-        tuple(value.shape),
-        f"[{like.shape[0]}] (one per member)",
-        value.ndim == 1 and like.ndim >= 2 and value.shape[0] == like.shape[0],
-    )
+    expected = f"[{like.shape[0]}] (one per member)" if like.ndim else "a number (the input has no member axis)"
+    ok = value.ndim == 1 and like.ndim >= 1 and value.shape[0] == like.shape[0]
+    check_shape(name, tuple(value.shape), expected, ok)
     return value.reshape(-1, *([1] * (like.ndim - 1)))
+
+
+def _checked(check: Callable[[str, Any], None], name: str, value: float | Tensor) -> None:
+    if not (isinstance(value, Tensor) and value.device.type != "cpu"):
+        check(name, value)
+
+
+def _fp32(x: Tensor) -> torch.autocast:
+    """Switch autocast off, so similarities and logits are computed in float32."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 def scaled_cross_entropy(sims: Tensor, target: Tensor | int, tau: float | Tensor) -> Tensor:
@@ -45,13 +57,30 @@ def scaled_cross_entropy(sims: Tensor, target: Tensor | int, tau: float | Tensor
         tau: ``[K]`` or a number.
     Returns: ``[K, ...]``, one loss per row.
     """
-    with torch.autocast(device_type=sims.device.type, enabled=False):
+    _checked(check_positive, "tau", tau)
+    with _fp32(sims):
         logits = sims.float() / _broadcast(tau, sims, "tau")
         logp = F.log_softmax(logits, dim=-1)
         if isinstance(target, int):
             return -logp[..., target]
         target = target.expand(logp.shape[:-1])
         return -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+
+
+def positive_first(n: int, views: bool, device: torch.device) -> Tensor:
+    """Columns that reorder each row of an ``[n, n]`` similarity matrix to ``[positive, negatives…]``.
+
+    ``views=False``: the keys are a second set paired row by row (CLIP: image i, text i); row i's positive
+    is column i and all n columns stay: ``[n, n]``. ``views=True``: the keys are the queries themselves, two
+    views stacked (NT-Xent: ``[z¹; z²]``); row i's positive is column ``(i + n/2) % n`` and its own column is
+    dropped: ``[n, n - 1]``.
+    """
+    offsets = torch.arange(n, device=device)
+    if not views:
+        return (offsets[:, None] + offsets) % n
+    half = n // 2
+    columns = (offsets[:, None] + half + offsets) % n
+    return columns[:, offsets != half]  # offset n/2 past the twin is the row itself
 
 
 def info_nce(anchor: Tensor, candidates: Tensor, tau: float | Tensor, target: Tensor | int = 0) -> Tensor:
@@ -67,20 +96,22 @@ def info_nce(anchor: Tensor, candidates: Tensor, tau: float | Tensor, target: Te
         target: index of the positive among the candidates, per anchor ``[K, B]`` / ``[B]`` or int.
     Returns: ``[K]`` (or a scalar), the mean over anchors.
     """
-    a = F.normalize(anchor.float(), dim=-1)
-    c = F.normalize(candidates.float(), dim=-1)
-    if c.ndim == a.ndim + 1:  # per-anchor candidates
-        sims = torch.einsum("...bd,...bnd->...bn", a, c)
-    else:
-        sims = a @ c.transpose(-1, -2)
-    return scaled_cross_entropy(sims, target, tau).mean(-1)
+    with _fp32(anchor):
+        a = F.normalize(anchor.float(), dim=-1)
+        c = F.normalize(candidates.float(), dim=-1)
+        if c.ndim == a.ndim + 1:  # per-anchor candidates
+            sims = torch.einsum("...bd,...bnd->...bn", a, c)
+        else:
+            sims = a @ c.transpose(-1, -2)
+        return scaled_cross_entropy(sims, target, tau).mean(-1)
 
 
 def nt_xent(z1: Tensor, z2: Tensor, tau: float | Tensor) -> Tensor:
     """NT-Xent (SimCLR): 2B views, each view's positive is its twin, the other 2B-2 are negatives.
 
     With ``z = normalize([z1; z2])`` and ``s_ij = z_i·z_j``, the loss of view i with twin j is
-    ``-log exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ)``; self-similarity is excluded; mean over 2B views.
+    ``-log exp(s_ij/τ) / Σ_{k≠i} exp(s_ik/τ)``; mean over 2B views. Self-similarity is left out of
+    each row (``positive_first``) rather than masked with −∞, which would make ∂L/∂τ = 0·∞ = NaN.
 
     Args:
         z1, z2: ``[K, B, D]`` (or ``[B, D]``), the two views' projections.
@@ -88,13 +119,11 @@ def nt_xent(z1: Tensor, z2: Tensor, tau: float | Tensor) -> Tensor:
     Returns: ``[K]`` (or a scalar).
     """
     check_shape("z2", tuple(z2.shape), f"{list(z1.shape)} like z1", z1.shape == z2.shape)
-    z = F.normalize(torch.cat([z1, z2], dim=-2).float(), dim=-1)
-    n = z1.shape[-2]
-    sims = z @ z.transpose(-1, -2)
-    eye = torch.eye(2 * n, dtype=torch.bool, device=z.device)
-    sims = sims.masked_fill(eye, float("-inf"))
-    target = torch.arange(2 * n, device=z.device).roll(n)
-    return scaled_cross_entropy(sims, target, tau).mean(-1)
+    with _fp32(z1):
+        z = F.normalize(torch.cat([z1, z2], dim=-2).float(), dim=-1)
+        columns = positive_first(z.shape[-2], views=True, device=z.device)  # [2B, 2B − 1], twin first
+        sims = (z @ z.transpose(-1, -2)).gather(-1, columns.expand(*z.shape[:-2], -1, -1))
+        return scaled_cross_entropy(sims, 0, tau).mean(-1)
 
 
 def clip_loss(image: Tensor, text: Tensor, tau: float | Tensor) -> Tensor:
@@ -109,13 +138,14 @@ def clip_loss(image: Tensor, text: Tensor, tau: float | Tensor) -> Tensor:
     Returns: ``[K]`` (or a scalar).
     """
     check_shape("text", tuple(text.shape), f"{list(image.shape)} like image", image.shape == text.shape)
-    i = F.normalize(image.float(), dim=-1)
-    t = F.normalize(text.float(), dim=-1)
-    sims = i @ t.transpose(-1, -2)
-    target = torch.arange(sims.shape[-1], device=sims.device)
-    image_to_text = scaled_cross_entropy(sims, target, tau).mean(-1)
-    text_to_image = scaled_cross_entropy(sims.transpose(-1, -2), target, tau).mean(-1)
-    return (image_to_text + text_to_image) / 2
+    with _fp32(image):
+        i = F.normalize(image.float(), dim=-1)
+        t = F.normalize(text.float(), dim=-1)
+        sims = i @ t.transpose(-1, -2)
+        target = torch.arange(sims.shape[-1], device=sims.device)
+        image_to_text = scaled_cross_entropy(sims, target, tau).mean(-1)
+        text_to_image = scaled_cross_entropy(sims.transpose(-1, -2), target, tau).mean(-1)
+        return (image_to_text + text_to_image) / 2
 
 
 class KDLoss(NamedTuple):
@@ -151,18 +181,15 @@ def kd_loss(
         alpha: ``[K]`` or a number in [0, 1].
         t2_scaling: multiply the soft term by T² (a bool, or ``[K]`` bools).
     """
-    check_positive("T", T)
-    check_unit_interval("alpha", alpha)
-    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+    _checked(check_positive, "T", T)
+    _checked(check_unit_interval, "alpha", alpha)
+    with _fp32(student_logits):
         s = student_logits.float()
         t = teacher_logits.float().expand_as(s)
-        T_b = _broadcast(T, s, "T")
-        log_q = F.log_softmax(s / T_b, dim=-1)
-        log_p = F.log_softmax(t / T_b, dim=-1)
+        log_q = F.log_softmax(s / _broadcast(T, s, "T"), dim=-1)
+        log_p = F.log_softmax(t / _broadcast(T, s, "T"), dim=-1)
         kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # batchmean: sum over classes, mean over rows
-        T_m = torch.as_tensor(T, dtype=torch.float32, device=s.device)
-        scale = torch.where(torch.as_tensor(t2_scaling, device=s.device), T_m**2, torch.ones_like(T_m))
-        soft = scale * kl
+        T_m, a = _broadcast(T, kl, "T"), _broadcast(alpha, kl, "alpha")
+        soft = torch.where(_broadcast(t2_scaling, kl, "t2_scaling") > 0, T_m**2, 1.0) * kl
         hard = scaled_cross_entropy(s, labels, 1.0).mean(-1)
-        a = torch.as_tensor(alpha, dtype=torch.float32, device=s.device)
         return KDLoss(a * soft + (1 - a) * hard, soft, hard)

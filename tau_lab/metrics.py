@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from tau_lab.losses import scaled_cross_entropy
+
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
     """Alignment of positive pairs: ``E ||f(x) − f(y)||^α`` over rows (Wang & Isola, α = 2).
@@ -33,7 +35,8 @@ def _distinct_pairs(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
 def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
     """Uniformity: ``log E_{i<j} exp(−t ||f(x_i) − f(x_j)||²)`` over distinct pairs (t = 2).
 
-    Lower is more uniform; −4 for two antipodal points, 0 when all points collapse to one.
+    Lower is more uniform: 0 when all points collapse to one, −8 for two antipodal points, and
+    ``−4N/(N−1)`` at best for N points (a regular simplex).
     Computed with log-sum-exp: ``logsumexp(−t d²) − log(#pairs)``.
 
     Args: x: ``[K, N, D]`` (or ``[N, D]``), N ≥ 2.
@@ -60,12 +63,12 @@ def tolerance(x: Tensor, labels: Tensor) -> Tensor:
     return (x[..., i, :] * x[..., j, :]).sum(-1).mean(-1)
 
 
-def grad_norm(grads: Iterable[Tensor | None]) -> Tensor:
-    """Per-member L2 norm over a group of stacked gradients ``[K, ...]``: ``sqrt(Σ g²)``.
+def grad_norm(grads: Iterable[Tensor]) -> Tensor:
+    """Per-member L2 norm over a group (at least one) of stacked gradients ``[K, ...]``: ``sqrt(Σ g²)``.
 
-    Returns ``[K]``. ``None`` entries (parameters without a gradient) count as zero.
+    Returns ``[K]``.
     """
-    sq = [g.float().pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads if g is not None]
+    sq = [g.float().pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]
     return torch.stack(sq).sum(0).sqrt()
 
 
@@ -117,3 +120,79 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 15) -
     one_hot = F.one_hot(index, bins).float()  # [K, N, bins]
     gap = ((correct - conf).unsqueeze(-1) * one_hot).sum(-2).abs()  # |Σ_b (acc − conf)|
     return gap.sum(-1) / conf.shape[-1]
+
+
+def recall_at_1(
+    queries: Tensor, keys: Tensor, query_labels: Tensor | None = None, key_labels: Tensor | None = None
+) -> Tensor:
+    """Retrieval recall@1: the fraction of queries whose most similar key (cosine) is a match.
+
+    By default query i matches key i only (paired rows, ``N = M``); with labels, any key whose label equals
+    the query's is a match (e.g. every caption of the image's digit). Ties go to the first key.
+
+    Args:
+        queries: ``[K, N, D]`` (or ``[N, D]``).
+        keys: ``[K, M, D]`` (or ``[M, D]``).
+        query_labels, key_labels: ``[N]`` and ``[M]``, or both ``None``.
+    Returns: ``[K]``.
+    """
+    if query_labels is None or key_labels is None:
+        query_labels = key_labels = torch.arange(queries.shape[-2], device=queries.device)
+    q, k = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
+    best = (q @ k.transpose(-1, -2)).argmax(-1)  # [K, N]
+    return (key_labels[best] == query_labels).float().mean(-1)
+
+
+def knn_accuracy(queries: Tensor, bank: Tensor, bank_labels: Tensor, labels: Tensor, k: int = 20) -> Tensor:
+    """Accuracy of a cosine k-nearest-neighbour classifier: each query takes the majority label of its
+    ``k`` most similar bank rows (ties go to the smallest label).
+
+    Args:
+        queries: ``[K, N, D]`` (or ``[N, D]``), e.g. test features.
+        bank: ``[K, M, D]`` (or ``[M, D]``), e.g. train features; ``M ≥ k``.
+        bank_labels: ``[M]`` integer labels in ``0..C-1``.
+        labels: ``[N]`` the queries' true labels.
+    Returns: ``[K]``.
+    """
+    q, b = F.normalize(queries.float(), dim=-1), F.normalize(bank.float(), dim=-1)
+    nearest = (q @ b.transpose(-1, -2)).topk(k, dim=-1).indices  # [K, N, k]
+    classes = int(max(bank_labels.max(), labels.max())) + 1
+    votes = F.one_hot(bank_labels[nearest], classes).sum(-2)  # [K, N, C]
+    return accuracy(votes.float(), labels)
+
+
+def linear_probe(
+    train_x: Tensor,
+    train_y: Tensor,
+    test_x: Tensor,
+    test_y: Tensor,
+    steps: int = 100,
+    lr: float = 0.05,
+) -> Tensor:
+    """Test accuracy of a multinomial logistic regression on frozen features, one per member, trained together.
+
+    Features are standardised with the train split's mean and standard deviation (per member and feature);
+    the weights ``W [K, D, C]`` and bias ``b [K, 1, C]`` start at zero and take ``steps`` full-batch Adam
+    steps on ``Σ_k CE_k`` (each member's mean cross-entropy: Adam's update is elementwise, so every member
+    trains as if alone). Deterministic: no random draws.
+
+    Args:
+        train_x: ``[K, N, D]`` (or ``[N, D]``); train_y: ``[N]`` labels in ``0..C-1``.
+        test_x: ``[K, M, D]`` (or ``[M, D]``); test_y: ``[M]``.
+    Returns: ``[K]`` (or a scalar).
+    """
+    mean = train_x.float().mean(-2, keepdim=True)
+    std = train_x.float().std(-2, keepdim=True).clamp_min(1e-6)  # a dead feature stays 0, not NaN
+    x, x_test = (train_x.float() - mean) / std, (test_x.float() - mean) / std
+    classes = int(max(train_y.max(), test_y.max())) + 1
+    w = torch.zeros(*x.shape[:-2], x.shape[-1], classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    b = torch.zeros(*x.shape[:-2], 1, classes, dtype=x.dtype, device=x.device, requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=lr)
+    with torch.enable_grad():  # evaluation runs under no_grad
+        for _ in range(steps):
+            loss = scaled_cross_entropy(x @ w + b, train_y, 1.0).mean(-1)  # [K]
+            optimizer.zero_grad(set_to_none=True)
+            loss.sum().backward()
+            optimizer.step()
+    with torch.no_grad():
+        return accuracy(x_test @ w + b, test_y)

@@ -12,21 +12,29 @@ import torch
 from torch import Tensor
 
 
+def _per_member(value: float | Tensor, like: Tensor) -> float | Tensor:
+    """A number as it is; a tensor ``[K]`` shaped ``[K, 1, ..., 1]`` to act on ``like [K, ...]``."""
+    if isinstance(value, Tensor):
+        return value.reshape(-1, *([1] * (like.ndim - 1)))
+    return value
+
+
 class Optimizer:
     """``sgd``: ``p ← p − lr (g + wd p)``. ``adamw``: ``p ← p (1 − lr wd) − lr m̂ / (√v̂ + ε)``.
 
     Args:
         name: ``sgd`` or ``adamw``.
         params: the stacked tensors, updated in place.
-        lr, weight_decay: one value per parameter name (the temperature has its own).
+        lr, weight_decay: per parameter name, one number for every member or a tensor ``[K]`` with one
+            value per member (the temperature has its own).
     """
 
     def __init__(
         self,
         name: str,
         params: dict[str, Tensor],
-        lr: dict[str, float],
-        weight_decay: dict[str, float],
+        lr: dict[str, float | Tensor],
+        weight_decay: dict[str, float | Tensor],
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
@@ -48,10 +56,10 @@ class Optimizer:
             b1, b2 = self.betas
             bc1, bc2 = 1 - b1**t, 1 - b2**t
         for key, p in params.items():
-            g, lr, wd = grads[key], self.lr[key], self.weight_decay[key]
+            g, lr, wd = grads[key], _per_member(self.lr[key], p), _per_member(self.weight_decay[key], p)
             mask = masks[key].reshape(-1, *([1] * (p.ndim - 1)))
             if self.name == "sgd":
-                update = lr * (g + wd * p) if wd else lr * g
+                update = lr * (g + wd * p) if isinstance(wd, Tensor) or wd else lr * g
             else:
                 m, v = self.state[f"{key}.m"], self.state[f"{key}.v"]
                 m.copy_(torch.where(mask, b1 * m + (1 - b1) * g, m))
@@ -59,7 +67,7 @@ class Optimizer:
                 shape = (-1, *([1] * (p.ndim - 1)))
                 denom = (v / bc2.reshape(shape)).sqrt() + self.eps
                 update = lr * (m / bc1.reshape(shape)) / denom + lr * wd * p
-            p.copy_(torch.where(mask, p - update, p))
+            p.sub_(torch.where(mask, update, 0.0))  # where, not a product: frozen members may hold NaN
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.state.items()}

@@ -12,12 +12,14 @@ import html
 import json
 import os
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from tau_lab import plots, results
+from tau_lab.tasks import distill
 from tau_lab.temperature import MODES
 
 SUMMARY_METRICS = {  # column: heading in the members table
@@ -30,15 +32,24 @@ SUMMARY_METRICS = {  # column: heading in the members table
     "effective_negatives": "eff. negatives",
     "grad_norm": "grad norm",
 }
+DISTILL_COLUMNS = {"accuracy", "alpha", "t2_scaling", "labeled_fraction", "kl_teacher", "ece", "tau"}
 VANISHED = 1e-6  # a final gradient norm below this means the member has stopped learning
 FIGURE_CAPTIONS = {
     "training_curves": "Training curves: loss, gradient norm and τ over steps.",
     "final_metrics": "Final metrics against τ (learnable and scheduled members at their final τ).",
     "planes": "The alignment–uniformity and uniformity–tolerance planes, one point per member.",
     "quadrants": "The embedded points before and after training, as seed 001 draws them.",
+    "distill_accuracy": "Student test accuracy over T × α (fixed T, mean over seeds), a panel per T² setting and "
+    "labelled fraction; the best cell of each panel outlined.",
+    "distill_gradients": "The soft term's gradient norm at initialisation against T (log–log), a line per T² "
+    "setting, with the slopes fitted per seed.",
+    "clip_zero_shot": "Zero-shot accuracy against τ: a single prompt against the prompt ensemble.",
+    "clip_logit_scale": "The learnable logit_scale over steps, with its clamp (ln 100 for τ_min = 0.01).",
 }
 
-Block = tuple[str, Any]  # ("p", text) | ("ul", [text]) | ("table", DataFrame) | ("code", text) | ("img", (path, caption))
+Block = tuple[
+    str, Any
+]  # ("p", text) | ("ul", [text]) | ("table", DataFrame) | ("code", text) | ("img", (path, caption))
 
 
 def number(x: float) -> str:
@@ -95,9 +106,9 @@ def _at(row: pd.Series) -> str:
     return _where(row["tau_mode"], row["tau_init"], row.get("tau_mean"))
 
 
-def _value(row: pd.Series, metric: str) -> str:
+def _value(row: pd.Series, metric: str, fmt: Callable[[float], str] = number) -> str:
     mean, sd, count = row[f"{metric}_mean"], row[f"{metric}_std"], row[f"{metric}_count"]
-    return number(mean) if count < 2 else f"{number(mean)} ± {number(sd)}"
+    return fmt(mean) if count < 2 else f"{fmt(mean)} ± {fmt(sd)}"
 
 
 def _trend(ok: pd.DataFrame, metric: str, name: str) -> str | None:
@@ -115,6 +126,54 @@ def _trend(ok: pd.DataFrame, metric: str, name: str) -> str | None:
     return f"{name} {verb} from {a} at τ = {high['tau_init']:g} to {b} at τ = {low['tau_init']:g} ({modes[0]})."
 
 
+def _best(ok: pd.DataFrame, metric: str, what: str) -> str:
+    """The setting with the lowest mean ``metric``, and how many others lie within one sd of it."""
+    table = _by_tau(ok, metric).sort_values(f"{metric}_mean", kind="stable")
+    best = table.iloc[0]
+    sentence = f"{what} {_value(best, metric)} at {_at(best)}"
+    if best[f"{metric}_count"] > 1:
+        close = int((table[f"{metric}_mean"].iloc[1:] <= best[f"{metric}_mean"] + best[f"{metric}_std"]).sum())
+        sentence += f"; {close} of the other {len(table) - 1} settings lie within one sd of it"
+    return sentence + "."
+
+
+def _best_students(members: pd.DataFrame) -> list[str]:
+    """Per labelled fraction, the distillation setting with the best mean accuracy (``distill.best_students``)."""
+    out = []
+    for _, row in distill.best_students(members, top=1).iterrows():
+        accuracy = number(row["accuracy_mean"]) + (
+            "" if pd.isna(row["accuracy_sd"]) else f" ± {number(row['accuracy_sd'])}"
+        )
+        where = _where(row["tau_mode"], row["tau_init"], row["tau_mean"]).replace("τ", "T", 1)
+        t2 = "with" if row["t2_scaling"] else "without"
+        out.append(
+            f"Best student at labelled fraction {row['labeled_fraction']:g}: accuracy {accuracy} "
+            f"(over {row['seeds']} seed{'s' * (row['seeds'] > 1)}) at {where}, α = {row['alpha']:g}, {t2} T²."
+        )
+    return out
+
+
+def _gradient_slopes(members: pd.DataFrame) -> list[str]:
+    """The log–log slope of the soft gradient at init against T, per T² setting (``distill.loglog_slopes``)."""
+    fixed = members[members["tau_mode"] == "fixed"]
+    if fixed["tau_init"].nunique() < 2:
+        return []
+    min_T = plots.slope_min_T(fixed["tau_init"])
+    table = distill.loglog_slopes(members, "grad_soft_params_init", min_T).sort_values("t2_scaling")
+    parts = [
+        f"{r['slope_mean']:+.2f}".replace("-", "−")
+        + ("" if pd.isna(r["slope_sd"]) else f" ± {r['slope_sd']:.2f}")
+        + f" {'with' if r['t2_scaling'] else 'without'} T²"
+        for _, r in table.iterrows()
+    ]
+    if not parts:
+        return []
+    return [
+        f"Log–log slope of the soft term's gradient at initialisation against T (T ≥ {min_T:g}, fitted per seed, "
+        f"mean ± sd): {'; '.join(parts)}; theory for large T: −2 without T², 0 with it."
+    ]
+
+
 def findings(members: pd.DataFrame) -> list[str]:
     """Short findings, each computed from the members table (diverged members are left out of the metrics)."""
     out = []
@@ -130,28 +189,45 @@ def findings(members: pd.DataFrame) -> list[str]:
     ok = members[members["status"] == "ok"]
     if ok.empty:
         return out
-    if "uniformity" in ok.columns:
-        best = _by_tau(ok, "uniformity").sort_values("uniformity_mean", kind="stable").iloc[0]
-        out.append(f"Lowest (best) uniformity {_value(best, 'uniformity')} at {_at(best)}.")
-    if "alignment" in ok.columns:
-        best = _by_tau(ok, "alignment").sort_values("alignment_mean", kind="stable").iloc[0]
-        out.append(f"Closest positives (lowest alignment) {_value(best, 'alignment')} at {_at(best)}.")
-    for metric, name in [("tolerance", "Same-class similarity (tolerance)"), ("cross_similarity", "Cross-class similarity")]:
+    for metric, what in [
+        ("uniformity", "Lowest (best) uniformity"),
+        ("alignment", "Closest positives (lowest alignment)"),
+    ]:
+        if metric in ok.columns:
+            out.append(_best(ok, metric, what))
+    for metric, name in [
+        ("tolerance", "Same-class similarity (tolerance)"),
+        ("cross_similarity", "Cross-class similarity"),
+    ]:
         if metric in ok.columns and (sentence := _trend(ok, metric, name)):
             out.append(sentence)
     learnable = ok[ok["tau_mode"] == "learnable"]
     if not learnable.empty and "tau" in ok.columns:
         table = _by_tau(learnable, "tau").sort_values("tau_init", ascending=False)
-        moves = [f"{r['tau_init']:g} → {_value(r, 'tau')}" for _, r in table.iterrows()]
+        moves = [f"{r['tau_init']:g} → {_value(r, 'tau', lambda x: f'{x:.3g}')}" for _, r in table.iterrows()]
         rose = int((table["tau_mean"] > table["tau_init"]).sum())
         out.append(f"Learnable τ, start → end: {', '.join(moves)}; it rose from {rose} of {len(table)} starts.")
+    if set(ok.columns) >= DISTILL_COLUMNS:
+        out += _best_students(members)
+    if {"grad_soft_params_init", "t2_scaling"} <= set(ok.columns):
+        out += _gradient_slopes(members)
     if "grad_norm" in ok.columns:
         still = ok[ok["grad_norm"] < VANISHED]
         if not still.empty:
-            where = [_where(r.tau_mode, r.tau_init, getattr(r, "tau", None)) for r in still.itertuples(index=False)]
+            counts = (
+                ok.assign(still=ok["grad_norm"] < VANISHED)
+                .groupby(["tau_mode", "tau_init"])["still"]
+                .agg(["sum", "count"])
+            )
+            where = [
+                f"{mode} τ = {tau_init:g} ({n} of {m})"
+                for mode in _mode_order(still)
+                for (row_mode, tau_init), (n, m) in counts.sort_index(ascending=[True, False]).iterrows()
+                if row_mode == mode and n > 0
+            ]
             out.append(
                 f"Gradients vanished (final gradient norm < {VANISHED:g}) for {len(still)} of {len(ok)} finished "
-                f"members: {', '.join(dict.fromkeys(where))}."
+                f"members: {'; '.join(where)}."
             )
     return out
 

@@ -24,6 +24,7 @@ from tau_lab.metrics import (
 
 SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
 
+
 seeds = st.integers(0, 2**31 - 1)
 
 
@@ -172,11 +173,11 @@ def test_tolerance_matches_loop_and_bounds(seed, n, d, classes):
 
 def test_grad_norm_is_per_member_flattened_norm():
     g = torch.Generator().manual_seed(5)
-    grads = [torch.randn(3, 4, 5, generator=g), torch.randn(3, 7, generator=g), None, torch.randn(3, generator=g)]
+    grads = [torch.randn(3, 4, 5, generator=g), torch.randn(3, 7, generator=g), torch.randn(3, generator=g)]
     got = grad_norm(grads)
     assert got.shape == (3,)
     for k in range(3):
-        flat = torch.cat([gr[k].reshape(-1).double() for gr in grads if gr is not None])
+        flat = torch.cat([gr[k].reshape(-1).double() for gr in grads])
         assert got[k].item() == pytest.approx(flat.norm().item(), rel=1e-6)
 
 

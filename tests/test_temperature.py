@@ -194,3 +194,16 @@ def test_fixed_member_may_lie_outside_the_clamp():
     # the clamp concerns learnable members only
     temp = Temperature([0.001, 5.0], "fixed")
     torch.testing.assert_close(temp(), torch.tensor([0.001, 5.0]))
+
+
+def test_logit_scale_grad_matches_autograd():
+    temp = Temperature([0.07, 0.3, 0.5], ["learnable", "fixed", "learnable"])
+    tau = temp()
+    grad_tau = torch.tensor([2.0, -1.0, 0.5])
+    (grad_tau * tau).sum().backward()
+    got = temp.logit_scale_grad(tau.detach(), grad_tau, step=0)
+    learnable = temp.learnable
+    torch.testing.assert_close(got[learnable], temp.logit_scale.grad[learnable])
+    # for the fixed member autograd gives 0; the method reports the pull −τ ∂L/∂τ instead
+    assert temp.logit_scale.grad[1] == 0
+    torch.testing.assert_close(got, -tau.detach() * grad_tau)

@@ -1,0 +1,223 @@
+"""CLIP in miniature on the digits: an image tower, a bag-of-words text tower, the symmetric CLIP loss.
+
+Each training image has one caption for the whole run, drawn per seed from templates and synonyms of its
+digit (``tau_lab.data.captions``): ``"a handwritten seven"``, ``"the number 7"``. A fraction
+``caption_noise`` of the captions (a sweep axis) names a wrong digit, as web captions sometimes do.
+
+    image:  x [K, B, 64]  → MLP 64 → hidden → width, ReLU → Linear width → D (no bias)  → u
+    text:   bag [K, B, V] → bag @ E (E [V, width], an embedding bag) → Linear width → D   → v
+    L = clip_loss(u, v; τ) = ½ (CE(û v̂ᵀ / τ, arange B) + CE(v̂ ûᵀ / τ, arange B))
+
+Captions of the same digit are interchangeable, so in a batch of B pairs every other caption of the
+image's digit is a *false negative*; ``false_negative_rate`` reports their share of the negatives.
+
+Evaluation on the held-out split, each test image with one noise-free caption:
+
+- ``recall_i2t`` / ``recall_t2i``: the top-1 caption of an image (image of a caption) shows its digit;
+  instance-level recall would be meaningless here, as captions only carry the digit;
+- ``zero_shot_single``: classification by the nearest class prompt ``"a handwritten {digit}"``;
+- ``zero_shot_ensemble``: by the mean of the normalised embeddings of every template × synonym per class,
+  renormalised (CLIP's prompt ensembling);
+- ``alignment`` of image and caption, ``uniformity`` and ``tolerance`` of the image embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from tau_lab import losses, metrics
+from tau_lab.data import captions
+from tau_lab.data.digits import load_digits
+from tau_lab.tasks import contrastive
+from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
+from tau_lab.tasks.mlp import init_population, linear, mlp, mlp_module, seeded
+
+PIXELS = 64
+
+
+class Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share of every class")
+    split_seed: int = Field(0, description="seed of the train/test split and of the test captions")
+    batch_size: int = Field(128, ge=2, description="image-caption pairs per step")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hidden: int = Field(128, ge=1, description="width of the image tower's hidden layer")
+    width: int = Field(64, ge=1, description="width of both towers' features (and of the word embeddings)")
+    embed_dim: int = Field(32, ge=1, description="width of the joint embedding space")
+
+
+class Sweep(contrastive.Sweep):
+    caption_noise: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
+        [0.0], min_length=1, description="fractions of wrong captions"
+    )
+
+
+class MiniCLIP(nn.Module):
+    """One member as a module: ``encode_image`` and ``encode_text`` as the population computes them."""
+
+    def __init__(self, vocab_size: int, hidden: int, width: int, embed_dim: int) -> None:
+        super().__init__()
+        self.image = mlp_module([PIXELS, hidden, width])
+        self.image_projection = nn.Linear(width, embed_dim, bias=False)
+        self.text = nn.Embedding(vocab_size, width)
+        self.text_projection = nn.Linear(width, embed_dim, bias=False)
+
+    def encode_image(self, x: Tensor) -> Tensor:
+        return self.image_projection(F.relu(self.image(x)))
+
+    def encode_text(self, bags: Tensor) -> Tensor:
+        return self.text_projection(bags @ self.text.weight)
+
+
+def encode_image(params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """``[K, N, 64]`` → ``[K, N, D]``."""
+    return linear(F.relu(mlp(x, params, "image", 2)), params["image_projection.weight"])
+
+
+def encode_text(params: dict[str, Tensor], bags: Tensor) -> Tensor:
+    """Bags of words ``[K, N, V]`` → ``[K, N, D]``."""
+    return linear(torch.bmm(bags, params["text.weight"]), params["text_projection.weight"])
+
+
+class CLIP:
+    """The population: ``MiniCLIP`` parameters stacked over members, ``{name: [K, ...]}``."""
+
+    Data, Model, Sweep = Data, Model, Sweep
+
+    def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
+        self.data, self.device = experiment.data, device
+        self.vocab = captions.Vocabulary()
+        self.seeds, self.seed_row = member_seeds(members, device)
+        self.params = init_population(self.seeds, lambda: MiniCLIP(len(self.vocab), **experiment.model), self.seed_row)
+        digits = load_digits(self.data["test_fraction"], self.data["split_seed"], device)
+        dtype = torch.get_default_dtype()
+        self.train_x, self.test_x = digits.train_x.to(dtype), digits.test_x.to(dtype)
+        self.train_y, self.test_y = digits.train_y, digits.test_y
+        self.batch_size = min(self.data["batch_size"], len(self.train_x))
+        self.bags = captions.bag_table(self.vocab).to(device, dtype)  # [T, 10, S, V]
+        noise = torch.tensor([m["caption_noise"] for m in members], device=device)
+        self.caption_digit, self.caption_bag = self._captions(noise)  # [K, N_train], [K, N_train, V]
+        g = torch.Generator(device).manual_seed(self.data["split_seed"])
+        test = captions.draw_captions(len(self.test_y), g)
+        self.test_bags = self.bags[test.template, self.test_y, test.synonym]  # [N_test, V]
+        self.prompts = {
+            name: captions.prompt_bags(self.vocab, ensemble).to(device, dtype)  # [P, 10, V]
+            for name, ensemble in (("single", False), ("ensemble", True))
+        }
+        self.columns = losses.positive_first(self.batch_size, views=False, device=device)
+
+    def _captions(self, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """Every member's training captions: the digit each names ``[K, N]`` and its bag ``[K, N, V]``.
+
+        Drawn per seed (template, synonym, which captions are wrong), so the members of a seed share their
+        captions up to the noise level, and a higher level's wrong captions include a lower level's.
+        """
+        template, synonym, digits = [], [], []
+        for s in self.seeds:
+            g = torch.Generator(self.device).manual_seed(s)
+            draw = captions.draw_captions(len(self.train_y), g)
+            template.append(draw.template)
+            synonym.append(draw.synonym)
+            digits.append(captions.caption_noise(self.train_y, noise, g))  # [K, N]: every member's level
+        digit = torch.stack(digits)[self.seed_row, torch.arange(len(noise), device=self.device)]
+        return digit, self.bags[torch.stack(template)[self.seed_row], digit, torch.stack(synonym)[self.seed_row]]
+
+    def indices(self, step: int) -> Tensor:
+        """Every member's training pairs at ``step``, ``[K, B]``: drawn once per seed."""
+        draws = [
+            contrastive.draw_batch(len(self.train_x), self.batch_size, contrastive.step_generator(s, step, self.device))
+            for s in self.seeds
+        ]
+        return torch.stack(draws)[self.seed_row]
+
+    def batch(self, step: int) -> tuple[Tensor, Tensor]:
+        """Images ``[K, B, 64]`` and their captions' bags of words ``[K, B, V]``."""
+        idx = self.indices(step)
+        return self.train_x[idx], self.caption_bag.gather(1, idx[..., None].expand(-1, -1, len(self.vocab)))
+
+    def step(self, params: dict[str, Tensor], tau: Tensor, batch: tuple[Tensor, Tensor]) -> StepResult:
+        """The CLIP loss and its gradients by autograd; the image→text similarities with each image's own
+        caption first, ``[K, B, B]``, for the hardness metrics."""
+        images, bags = batch
+        k = len(images)
+
+        def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
+            u, v = encode_image(p, images), encode_text(p, bags)
+            un, vn = F.normalize(u.detach(), dim=-1), F.normalize(v.detach(), dim=-1)
+            sims = (un @ vn.transpose(1, 2)).gather(2, self.columns.expand(k, -1, -1))
+            return losses.clip_loss(u, v, t), sims
+
+        return autograd_step(loss_fn, params, tau)
+
+    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
+        """``false_negative_rate``: the share of an image's B − 1 negative captions that name its digit."""
+        idx = self.indices(step)
+        image_digit, caption_digit = self.train_y[idx], self.caption_digit.gather(1, idx)  # [K, B]
+        same = image_digit[:, :, None] == caption_digit[:, None, :]  # [K, B images, B captions]
+        negatives = same.sum((1, 2)) - same.diagonal(dim1=1, dim2=2).sum(1)
+        b = idx.shape[1]
+        return {"false_negative_rate": negatives / (b * (b - 1))}
+
+    def _members(self, x: Tensor) -> Tensor:
+        """Shared inputs ``[N, F]`` as a batch for every member, ``[K, N, F]`` (no copy)."""
+        return x.expand(len(self.seed_row), -1, -1)
+
+    def _classes(self, params: dict[str, Tensor], prompts: Tensor) -> Tensor:
+        """Class embeddings ``[K, 10, D]``: the mean of the normalised prompt embeddings, renormalised."""
+        p, c, v = prompts.shape
+        text = F.normalize(encode_text(params, self._members(prompts.reshape(p * c, v))), dim=-1)
+        return F.normalize(text.reshape(-1, p, c, text.shape[-1]).mean(1), dim=-1)
+
+    def embed(self, params: dict[str, Tensor]) -> Tensor:
+        """The test images' embeddings, ``[K, N_test, D]``."""
+        return encode_image(params, self._members(self.test_x))
+
+    def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Recall@1 both ways, zero-shot accuracy (single prompt, ensemble), alignment, uniformity and
+        tolerance, on the test split; each ``[K]``."""
+        u = self.embed(params)
+        v = encode_text(params, self._members(self.test_bags))
+        out = contrastive.geometry(u, self.test_y, (u, v))
+        out["recall_i2t"] = metrics.recall_at_1(u, v, self.test_y, self.test_y)
+        out["recall_t2i"] = metrics.recall_at_1(v, u, self.test_y, self.test_y)
+        un = F.normalize(u, dim=-1)
+        for name, prompts in self.prompts.items():
+            classes = self._classes(params, prompts)
+            out[f"zero_shot_{name}"] = metrics.accuracy(un @ classes.transpose(1, 2), self.test_y)
+        return out
+
+    @staticmethod
+    def member_bytes(experiment: Any) -> int:
+        """Parameters and optimizer state, and the larger of the step's activations (about three copies of
+        the towers' outputs and four of the B × B similarities) and the evaluation's (the towers' outputs
+        for every digit)."""
+        m, b = experiment.model, experiment.data["batch_size"]
+        vocab = len(captions.Vocabulary())
+        step = 3 * b * (m["hidden"] + 2 * m["width"] + 2 * m["embed_dim"] + vocab) + 4 * b * b
+        evaluation = 1797 * (m["hidden"] + 2 * m["width"] + 2 * m["embed_dim"] + vocab)
+        return contrastive.member_bytes(MiniCLIP(vocab, **m), max(step, evaluation))
+
+
+def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module, Tensor, list[float]]:
+    """One member trained alone: a ``MiniCLIP`` and ``torch.optim`` on the member's own pairs, with the loss
+    as CLIP's paper writes it (``logits = û v̂ᵀ / τ``, the mean of the row and column cross-entropies)."""
+    task = CLIP(experiment, [member], torch.device("cpu"))
+    model = seeded(member["seed"], lambda: MiniCLIP(len(task.vocab), **experiment.model))
+    labels = torch.arange(task.batch_size)
+
+    def loss_fn(net: nn.Module, tau: Tensor | float, step: int) -> Tensor:
+        images, bags = task.batch(step)
+        u = F.normalize(net.encode_image(images[0]), dim=-1)
+        v = F.normalize(net.encode_text(bags[0]), dim=-1)
+        logits = u @ v.T / tau
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    return contrastive.train_reference(experiment, member, model, loss_fn)

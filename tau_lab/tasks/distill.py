@@ -1,0 +1,398 @@
+"""Knowledge distillation on the digits: a population of small MLP students, one cached teacher.
+
+Member k is a student ``s = W₂ relu(W₁ x + b₁) + b₂`` (``[B, 64] → [B, 10]``) trained on
+
+    L_k = α_k · c_k · KL_batchmean(softmax(t / T_k) ‖ softmax(s / T_k)) + (1 − α_k) · CE_labelled(s, y)
+
+with ``t`` the teacher's logits, ``c_k = T_k²`` when ``t2_scaling`` else 1, and the distillation
+temperature T IS the member's τ (``sweep.tau``, ``tau_mode``; ``tau_init`` is T₀). α weights the
+distillation term, as in seed 002. The soft term (``tau_lab.losses.kd_loss``) sees every image of
+the batch, the transfer set of Hinton et al.; the hard term only the labelled ones: per seed, a
+stratified ``labeled_fraction`` of each class (at least one image), averaged over the labelled
+rows of the batch. Accuracy, ECE, agreement and KL are measured at T = 1, as at inference.
+
+Members that share a seed share the student's initial weights, the labelled subset and the order
+of batches, so a sweep over T, α and t2_scaling is a paired comparison. The teacher (see
+``tau_lab.teacher``) runs once per step on each seed's batch ``[S, B, 64]``, never per member.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import Tensor, nn
+
+from tau_lab import config, metrics
+from tau_lab.data.digits import load_digits
+from tau_lab.losses import KDLoss, kd_loss, scaled_cross_entropy
+from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
+from tau_lab.tasks.mlp import init_population, mlp, mlp_module, seeded
+from tau_lab.teacher import CLASSES, PIXELS, TeacherSpec, load_teacher
+
+
+class Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="stratified test split of the 1797 digits")
+    split_seed: int = Field(0, description="seed of the train/test split (the teacher's too)")
+    batch_size: int = Field(128, gt=0)
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    hidden: int = Field(16, ge=1, description="width of the student's hidden layer")
+    teacher: TeacherSpec = TeacherSpec()
+
+
+class Sweep(config.Sweep):
+    alpha: list[float] = Field(
+        [0.9], min_length=1, description="α weights the distillation term: loss = α·T²·KL + (1 − α)·CE (seed 002)"
+    )
+    t2_scaling: list[bool] = Field([True], min_length=1, description="multiply the soft term by T² (Hinton et al.)")
+    labeled_fraction: list[float] = Field(
+        [1.0], min_length=1, description="share of each class the hard term sees; the soft term sees all images"
+    )
+
+    @field_validator("alpha")
+    @classmethod
+    def _unit(cls, values: list[float]) -> list[float]:
+        for v in values:
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"alpha = {v:g} is not allowed: it must lie in [0, 1]")
+        return values
+
+    @field_validator("labeled_fraction")
+    @classmethod
+    def _fraction(cls, values: list[float]) -> list[float]:
+        for v in values:
+            if not 0.0 < v <= 1.0:
+                raise ValueError(f"labeled_fraction = {v:g} is not allowed: it must lie in (0, 1]")
+        return values
+
+
+# ----------------------------------------------------------------------------- data and students
+
+
+def seed_data(seed: int, train_y: Tensor, steps: int, batch_size: int) -> tuple[Tensor, Tensor]:
+    """What a seed draws: each image's rank inside its class ``[N]`` (its labelled subset is the
+    lowest ranks) and the batches of every step ``[steps + 1, B]``, walking through permutations."""
+    g = torch.Generator().manual_seed(seed)
+    shuffled = torch.randperm(len(train_y), generator=g)
+    rank = torch.empty_like(train_y)
+    for c in range(CLASSES):
+        in_class = shuffled[train_y[shuffled] == c]
+        rank[in_class] = torch.arange(len(in_class))
+    epochs = math.ceil((steps + 1) * batch_size / len(train_y))
+    order = torch.cat([torch.randperm(len(train_y), generator=g) for _ in range(epochs)])
+    return rank, order[: (steps + 1) * batch_size].reshape(steps + 1, batch_size)
+
+
+def labeled_mask(rank: Tensor, train_y: Tensor, fraction: Tensor) -> Tensor:
+    """``rank [..., N]`` and ``fraction [...]`` → ``[..., N]`` bools: the lowest ``max(1, round(f n_c))``
+    ranks of each class c. Subsets of one seed are nested: a smaller fraction labels fewer of the same images."""
+    per_class = torch.bincount(train_y, minlength=CLASSES)  # [C]
+    quota = (fraction[..., None] * per_class).round().clamp_min(1)  # [..., C]
+    return rank < quota.gather(-1, train_y.expand(*quota.shape[:-1], -1))
+
+
+def make_student(seed: int, hidden: int) -> nn.Sequential:
+    """The student as one module, ``64 → hidden → 10`` with a ReLU, initialised from ``seed``."""
+    return seeded(seed, lambda: mlp_module([PIXELS, hidden, CLASSES]))
+
+
+def student_logits(params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """Batched students: ``x [K, B, 64]`` → logits ``[K, B, 10]``."""
+    return mlp(x, params, "student", layers=2)
+
+
+class Batch(NamedTuple):
+    """One step's inputs, per member."""
+
+    x: Tensor  # [K, B, 64]
+    teacher: Tensor  # [K, B, 10] teacher logits
+    y: Tensor  # [K, B] labels
+    labeled: Tensor  # [K, B] 1.0 where the hard term may use the label
+
+
+def kd_parts(logits: Tensor, batch: Batch, T: Tensor, alpha: Tensor, t2_scaling: Tensor) -> KDLoss:
+    """The loss and its two parts, each ``[K]``: ``soft`` from ``kd_loss`` (all rows), ``hard`` the
+    cross-entropy at T = 1 averaged over the labelled rows (0 when a batch has none)."""
+    soft = kd_loss(logits, batch.teacher, batch.y, T, alpha, t2_scaling).soft
+    # kd_loss's own hard term averages over every row; the labelled subset needs its own average
+    ce = scaled_cross_entropy(logits, batch.y, 1.0)  # [K, B]
+    hard = (ce * batch.labeled).sum(-1) / batch.labeled.sum(-1).clamp_min(1)
+    return KDLoss(alpha * soft + (1 - alpha) * hard, soft, hard)
+
+
+# ----------------------------------------------------------------------------- the population
+
+
+class Distill:
+    """The population: students stacked as ``student.0.weight [K, h, 64]``, ``student.0.bias [K, h]``,
+    ``student.2.weight [K, 10, h]``, ``student.2.bias [K, 10]``."""
+
+    Data, Model, Sweep = Data, Model, Sweep
+
+    def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
+        data, model = experiment.data, experiment.model
+        digits = load_digits(data["test_fraction"], data["split_seed"])
+        teacher = load_teacher(TeacherSpec(**model["teacher"]), data["test_fraction"], data["split_seed"])
+        self.teacher = teacher.model.to(device)
+        self.teacher_accuracy = teacher.test_accuracy
+        seeds, self.seed_row = member_seeds(members, device)
+        self.params = init_population(
+            seeds, lambda: nn.ModuleDict({"student": mlp_module([PIXELS, model["hidden"], CLASSES])}), self.seed_row
+        )
+
+        self.train_x, self.train_y = digits.train_x.to(device), digits.train_y.to(device)
+        self.test_x, self.test_y = digits.test_x.to(device), digits.test_y.to(device)
+        with torch.no_grad():
+            self.test_teacher = self.teacher(self.test_x)  # [N_test, 10]
+        drawn = [seed_data(s, digits.train_y, experiment.steps, data["batch_size"]) for s in seeds]
+        rank = torch.stack([r for r, _ in drawn]).to(device)  # [S, N]
+        self.index = torch.stack([i for _, i in drawn], 1).to(device)  # [steps + 1, S, B], step-major
+
+        def column(key: str, dtype: torch.dtype) -> Tensor:
+            return torch.tensor([m[key] for m in members], dtype=dtype, device=device)
+
+        self.alpha = column("alpha", torch.float32)
+        self.t2_scaling = column("t2_scaling", torch.bool)
+        self.labeled = labeled_mask(rank[self.seed_row], self.train_y, column("labeled_fraction", torch.float32))
+
+    def batch(self, step: int) -> Batch:
+        index = self.index[step]  # [S, B]
+        x = self.train_x[index]
+        with torch.no_grad():
+            teacher = self.teacher(x)  # once per seed's batch, shared by that seed's members
+        rows = self.seed_row
+        return Batch(x[rows], teacher[rows], self.train_y[index][rows], self.labeled.gather(1, index[rows]).float())
+
+    def step(self, params: dict[str, Tensor], tau: Tensor, batch: Batch) -> StepResult:
+        """Loss ``[K]``, gradients by autograd, and ``∂L/∂T`` (for learnable and ctkd members).
+
+        ``params`` also holds the engine's ``logit_scale``; only the students' own are differentiated.
+        """
+
+        def loss(p: dict[str, Tensor], T: Tensor) -> tuple[Tensor, None]:
+            return kd_parts(student_logits(p, batch.x), batch, T, self.alpha, self.t2_scaling).total, None
+
+        return autograd_step(loss, {n: params[n] for n in self.params}, tau)
+
+    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
+        """Both parts of the loss and the gradient norm of each, with respect to the student's logits
+        (``[K, B, 10]``) and to its parameters; the total's with respect to the logits (the engine's
+        ``grad_norm`` is the total's with respect to the parameters). The parts are unweighted by α.
+
+        At step 0 the gradient norms are also recorded as ``*_init``, so the members table, which
+        holds the last value of each metric, keeps the gradient scale at initialisation.
+        """
+        batch = self.batch(step)
+        leaves = {n: params[n].detach().requires_grad_() for n in self.params}
+        logits = student_logits(leaves, batch.x)
+        parts = kd_parts(logits, batch, tau, self.alpha, self.t2_scaling)
+        out = {"loss_soft": parts.soft.detach(), "loss_hard": parts.hard.detach()}
+        by_logits = {}
+        for name, part in [("soft", parts.soft), ("hard", parts.hard)]:
+            d_logits, *d_params = torch.autograd.grad(part.sum(), [logits, *leaves.values()], retain_graph=True)
+            by_logits[name] = d_logits
+            out[f"grad_{name}_logits"] = metrics.grad_norm([d_logits])
+            out[f"grad_{name}_params"] = metrics.grad_norm(d_params)
+        a = self.alpha[:, None, None]
+        out["grad_total_logits"] = metrics.grad_norm([a * by_logits["soft"] + (1 - a) * by_logits["hard"]])
+        if step == 0:
+            out |= {f"{n}_init": v for n, v in out.items() if n.startswith("grad_")}
+        return out
+
+    def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """On the test set, at T = 1: accuracy, ECE, agreement with the teacher's arg-max,
+        ``KL(teacher ‖ student)`` (batchmean), and the teacher's own accuracy. Each ``[K]``."""
+        k = len(self.seed_row)
+        logits = student_logits(params, self.test_x.expand(k, -1, -1))  # [K, N, 10]
+        return {
+            "accuracy": metrics.accuracy(logits, self.test_y),
+            "ece": metrics.expected_calibration_error(logits, self.test_y),
+            "agreement": (logits.argmax(-1) == self.test_teacher.argmax(-1)).float().mean(-1),
+            "kl_teacher": kd_loss(logits, self.test_teacher, self.test_y, 1.0, 1.0).soft,
+            "teacher_accuracy": torch.full((k,), self.teacher_accuracy, device=logits.device),
+        }
+
+    def embed(self, params: dict[str, Tensor]) -> None:
+        return None
+
+    @staticmethod
+    def summarize(members: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        """``summary_tables``: what ``tau-lab sweep`` prints after the members table."""
+        return summary_tables(members)
+
+    @staticmethod
+    def member_bytes(experiment: Any) -> int:
+        """One member's float32 memory: weights with gradients and two AdamW states, and the
+        step's activations (inputs, hidden layer, logits and their softmax intermediates)."""
+        h, b = experiment.model["hidden"], experiment.data["batch_size"]
+        weights = (PIXELS + 1) * h + (h + 1) * CLASSES
+        return 4 * (4 * weights + b * (2 * PIXELS + 4 * h + 12 * CLASSES))
+
+
+# ----------------------------------------------------------------------------- the user's loop
+
+
+def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Sequential, list[float]]:
+    """One fixed-T member trained alone, as a user writes it: ``nn.Module`` student, ``torch.optim``,
+    the teacher run on every batch, the loss in seed 002's words (``F.kl_div`` · T², ``F.cross_entropy``).
+
+    The baseline of ``benchmarks/bench_distill.py`` and the oracle of the population's equivalence
+    test. Returns the student and its loss per step.
+    """
+    if member["tau_mode"] != "fixed":
+        raise ValueError(f"tau_mode = {member['tau_mode']!r}: the reference loop trains fixed-T members only")
+    data, opt = experiment.data, experiment.optimizer
+    digits = load_digits(data["test_fraction"], data["split_seed"])
+    teacher = load_teacher(TeacherSpec(**experiment.model["teacher"]), data["test_fraction"], data["split_seed"])
+    student = make_student(member["seed"], experiment.model["hidden"])
+    if opt.name == "sgd":
+        optimizer = torch.optim.SGD(student.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(
+            student.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
+        )
+    rank, index = seed_data(member["seed"], digits.train_y, experiment.steps, data["batch_size"])
+    labeled = labeled_mask(rank, digits.train_y, torch.tensor(member["labeled_fraction"]))
+    T, alpha = member["tau_init"], member["alpha"]
+    losses = []
+    for step in range(experiment.steps):
+        x, y, m = digits.train_x[index[step]], digits.train_y[index[step]], labeled[index[step]]
+        with torch.no_grad():
+            teacher_logits = teacher.model(x)
+        logits = student(x)
+        soft = F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1), reduction="batchmean")
+        if member["t2_scaling"]:
+            soft = soft * T * T
+        hard = F.cross_entropy(logits[m], y[m]) if m.any() else logits.sum() * 0
+        loss = alpha * soft + (1 - alpha) * hard
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return student, losses
+
+
+# ----------------------------------------------------------------------------- reading a members table
+
+SETTING = ["tau_mode", "tau_init", "alpha", "t2_scaling"]  # what a member is, apart from its seed
+
+
+def over_seeds(members: pd.DataFrame, by: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean and sd over seeds of ``columns`` per ``by`` (finished members only): ``{c}_mean``, ``{c}_sd``, ``seeds``."""
+    groups = members[members["status"] == "ok"].groupby(by, sort=True)
+    out = groups[columns].agg(["mean", "std"])
+    out.columns = [f"{c}_{'sd' if s == 'std' else s}" for c, s in out.columns]
+    return out.assign(seeds=groups.size()).reset_index()
+
+
+def best_students(members: pd.DataFrame, top: int = 5) -> pd.DataFrame:
+    """Per labeled fraction, the ``top`` settings by mean test accuracy (ties: lower KL to the teacher)."""
+    table = over_seeds(members, ["labeled_fraction", *SETTING], ["accuracy", "kl_teacher", "ece", "tau"])
+    table = table.sort_values(["accuracy_mean", "kl_teacher_mean"], ascending=[False, True])
+    return table.groupby("labeled_fraction", sort=True).head(top).sort_values("labeled_fraction", kind="stable")
+
+
+def accuracy_by_T(members: pd.DataFrame) -> pd.DataFrame:
+    """Mean test accuracy over seeds of the fixed-T members: a row per fraction, α and T² setting, a column per T."""
+    table = over_seeds(
+        members[members["tau_mode"] == "fixed"], ["labeled_fraction", "alpha", "t2_scaling", "tau_init"], ["accuracy"]
+    )
+    return table.pivot(
+        index=["labeled_fraction", "alpha", "t2_scaling"], columns="tau_init", values="accuracy_mean"
+    ).reset_index()
+
+
+def teacher_gain(members: pd.DataFrame, default: tuple[float, float] = (4.0, 0.9)) -> pd.DataFrame:
+    """What the teacher adds over α = 0 (plain supervised training), per labeled fraction, paired by seed.
+
+    Two distilled students per fraction: the fixed-T setting with the best mean accuracy (chosen on
+    the test set, hence optimistic) and the common default (T, α) = ``default`` with T². Gains are
+    the mean ± sd over seeds of ``accuracy(distilled) − accuracy(α = 0)`` for the same seed.
+    """
+    ok = members[(members["status"] == "ok") & (members["tau_mode"] == "fixed")]
+    rows = []
+    for fraction, part in ok.groupby("labeled_fraction", sort=True):
+        alone = part[part["alpha"] == 0].groupby("seed")["accuracy"].mean()  # every T gives the same student
+        distilled = part[part["alpha"] > 0]
+        means = distilled.groupby(SETTING)["accuracy"].mean()
+        picks = {"best": means.idxmax(), "default": ("fixed", *default, True)}
+        for label, setting in picks.items():
+            if setting not in means.index:  # the default is not in this grid
+                continue
+            chosen = distilled.set_index(SETTING).loc[[setting]].groupby("seed")["accuracy"].mean()
+            gain = chosen - alone.reindex(chosen.index)
+            rows.append(
+                {"labeled_fraction": fraction, "student": label, **dict(zip(SETTING, setting, strict=True))}
+                | {"alone_mean": alone.mean(), "alone_sd": alone.std()}
+                | {"accuracy_mean": chosen.mean(), "accuracy_sd": chosen.std()}
+                | {"gain_mean": gain.mean(), "gain_sd": gain.std(), "seeds": len(gain)}
+            )
+    return pd.DataFrame(rows)
+
+
+def learned_vs_fixed(members: pd.DataFrame) -> pd.DataFrame:
+    """Each learnable, ctkd or scheduled setting next to the best fixed T for the same fraction, α and T²:
+    its final T and accuracy, the best fixed T and its accuracy (mean and sd over seeds). α = 0 is left
+    out: without a soft term, T changes nothing."""
+    context = ["labeled_fraction", "alpha", "t2_scaling"]
+    table = over_seeds(members[members["alpha"] > 0], [*context, "tau_mode", "tau_init"], ["accuracy", "tau"])
+    fixed = table[table["tau_mode"] == "fixed"].sort_values("accuracy_mean", ascending=False)
+    best = fixed.groupby(context).head(1).set_index(context)[["tau_init", "accuracy_mean", "accuracy_sd"]]
+    best.columns = ["best_fixed_T", "best_fixed_accuracy_mean", "best_fixed_accuracy_sd"]
+    return table[table["tau_mode"] != "fixed"].join(best, on=context).reset_index(drop=True)
+
+
+def gradient_scale(members: pd.DataFrame, when: str = "init") -> pd.DataFrame:
+    """The soft term's gradient norms per T and T² setting (fixed members), at ``init`` (step 0) or at
+    the ``end`` of the run, with their ratio to the same member's hard-term gradient and to T = 1."""
+    suffix = "_init" if when == "init" else ""
+    columns = {f"grad_soft_logits{suffix}": "soft_logits", f"grad_soft_params{suffix}": "soft_params"}
+    fixed = members[members["tau_mode"] == "fixed"].rename(columns=columns)
+    fixed = fixed.assign(soft_over_hard=fixed["soft_params"] / fixed[f"grad_hard_params{suffix}"])
+    table = over_seeds(fixed, ["t2_scaling", "tau_init"], ["soft_logits", "soft_params", "soft_over_hard"])
+    at_one = table[table["tau_init"] == 1.0].set_index("t2_scaling")["soft_params_mean"]
+    return table.assign(soft_params_vs_T1=table["soft_params_mean"] / table["t2_scaling"].map(at_one))
+
+
+def loglog_slopes(members: pd.DataFrame, column: str = "grad_soft_params_init", min_T: float = 4.0) -> pd.DataFrame:
+    """Slope of ``log column`` against ``log T`` over fixed members with T ≥ ``min_T``, fitted per seed
+    and T² setting; mean and sd over seeds. Theory for large T: −2 without T², 0 with it."""
+    fixed = members[(members["tau_mode"] == "fixed") & (members["tau_init"] >= min_T) & (members["status"] == "ok")]
+    slopes = [
+        {"t2_scaling": t2, "seed": seed, "slope": np.polyfit(np.log(g["tau_init"]), np.log(g[column]), 1)[0]}
+        for (t2, seed), g in fixed.groupby(["t2_scaling", "seed"])
+        if g["tau_init"].nunique() >= 2
+    ]
+    table = pd.DataFrame(slopes, columns=["t2_scaling", "seed", "slope"]).groupby("t2_scaling")["slope"]
+    out = table.agg(["mean", "std", "size"]).reset_index()
+    return out.rename(columns={"mean": "slope_mean", "std": "slope_sd", "size": "seeds"}).assign(
+        column=column, min_T=min_T
+    )
+
+
+def summary_tables(members: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables that answer a distillation study, those its members table can fill."""
+    out = {}
+    swept = {c: members[c].nunique() > 1 for c in ("alpha", "labeled_fraction")}
+    if swept["alpha"]:
+        out["best students (accuracy at T = 1, mean and sd over seeds)"] = best_students(members)
+        out["accuracy of fixed-T students (mean over seeds), by T"] = accuracy_by_T(members)
+    if swept["alpha"] and (members["alpha"] == 0).any():
+        out["teacher's gain over α = 0, paired by seed"] = teacher_gain(members)
+    if (members["tau_mode"] != "fixed").any():
+        out["learned and scheduled T against the best fixed T"] = learned_vs_fixed(members)
+    if "grad_soft_params_init" in members.columns:
+        out["soft-term gradient norm at initialisation"] = gradient_scale(members, "init")
+        out["log-log slope of the soft gradient against T (T ≥ 4)"] = pd.concat(
+            [loglog_slopes(members, c) for c in ("grad_soft_params_init", "grad_soft_logits_init")]
+        )
+    return out

@@ -1,0 +1,91 @@
+"""tau-lab search against a real PostgreSQL server, as workers on several machines share a study.
+
+The test starts a throw-away server on 127.0.0.1 with a temporary data directory and stops it at
+the end. Without PostgreSQL's binaries it is skipped, except in CI (env CI set), where it fails:
+``.ci/run`` installs Debian's postgresql so that CI always runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy
+from test_search import assert_each_trial_evaluated_once, assert_no_worker_asks_while_the_lock_is_held, load, trials_of
+
+from tau_lab import search
+
+
+def server_binaries() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``: on PATH, else Debian's /usr/lib/postgresql/<version>/bin."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent  # Debian links them from its versioned folder
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: float(p.parts[-3]))
+    return found[-1].parent if found else None
+
+
+def missing() -> str | None:
+    """Why the test cannot run here, or None."""
+    if server_binaries() is None:
+        return "PostgreSQL's server binaries (initdb, pg_ctl) are not installed"
+    if os.geteuid() == 0:
+        try:
+            pwd.getpwnam("postgres")
+        except KeyError:
+            return "running as root, and there is no 'postgres' user to run the server as"
+    try:
+        sqlalchemy.engine.make_url("postgresql://").get_dialect().import_dbapi()
+    except ImportError:
+        return "no driver for postgresql:// URLs (SQLAlchemy 2.1 uses psycopg 3)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def postgres_url() -> Iterator[str]:
+    reason = missing()
+    if reason and os.environ.get("CI"):
+        pytest.fail(f"{reason}: CI must run this test (.ci/run installs Debian's postgresql)")
+    if reason:
+        pytest.skip(reason)
+    binaries = server_binaries()
+    # The server refuses to run as root: as root, run it as Debian's 'postgres' user, owner of the data folder.
+    as_server = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    home = Path(tempfile.mkdtemp(prefix="tau-lab-postgres-"))  # not under pytest's tmp_path: 'postgres' must enter it
+    if as_server:
+        shutil.chown(home, "postgres")
+    data = home / "data"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def server(tool: str, *args: str) -> None:
+        subprocess.run([*as_server, str(binaries / tool), *args], check=True, capture_output=True)
+
+    server("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    options = f"-h 127.0.0.1 -p {port} -k {home}"  # loopback only; its socket in the throw-away folder
+    server("pg_ctl", "-D", str(data), "-l", str(home / "server.log"), "-o", options, "-w", "start")
+    try:
+        server("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "tau_lab")
+        yield f"postgresql://postgres@127.0.0.1:{port}/tau_lab"
+    finally:
+        server("pg_ctl", "-D", str(data), "-m", "fast", "-w", "stop")
+        shutil.rmtree(home)
+
+
+def test_two_workers_share_a_study_on_postgresql(tmp_path, postgres_url):
+    spec = load(tmp_path, "steps=100", "eval_every=50", n_trials=8, batch_size=3, storage=postgres_url)
+    search.run(spec, workers=2)
+    assert_each_trial_evaluated_once(spec, 8)
+    assert len({t.user_attrs["worker"] for t in trials_of(spec)}) == 2
+
+
+def test_the_ask_lock_holds_off_a_worker_on_postgresql(tmp_path, postgres_url):
+    assert_no_worker_asks_while_the_lock_is_held(load(tmp_path, storage=postgres_url, study_name="locked"), tmp_path)
