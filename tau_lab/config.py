@@ -8,7 +8,6 @@ file, the key, the value and what is allowed (``ConfigError``, a ``ValueError``)
 from __future__ import annotations
 
 import itertools
-import math
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from tau_lab.checks import check_positive
 from tau_lab.temperature import MODES, NEEDS_PERIOD, start_tau
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
@@ -61,9 +61,7 @@ class Sweep(_Strict):
     @field_validator("tau")
     @classmethod
     def _positive(cls, values: list[float]) -> list[float]:
-        for v in values:
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"tau = {v:g} is not allowed: every τ must be a finite number > 0")
+        check_positive("tau", values)
         return values
 
     @field_validator("tau_mode")

@@ -1,3 +1,5 @@
+import contextlib
+
 import pytest
 import torch
 
@@ -10,3 +12,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@contextlib.contextmanager
+def default_float64():
+    """Tensors default to float64 inside: equality tests then check the math, not float32 rounding."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)

@@ -3,12 +3,12 @@ ensembling, and standalone equivalence."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import default_float64
 
 from tau_lab import config, engine, metrics
 from tau_lab.data.captions import SYNONYMS
@@ -16,16 +16,6 @@ from tau_lab.tasks.clip import CLIP, encode_image, encode_text, train_reference
 
 CPU = torch.device("cpu")
 SMALL = ["steps=20", "sweep.seeds=[0]", "data.batch_size=32", "model.hidden=32", "model.width=16", "model.embed_dim=8"]
-
-
-@contextlib.contextmanager
-def default_float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _load(*overrides: str) -> config.Experiment:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import default_float64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,16 +16,6 @@ from tau_lab import config, engine, results
 from tau_lab.tasks.quadrants import Quadrants, train_reference
 
 CPU = torch.device("cpu")
-
-
-@contextlib.contextmanager
-def default_float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 @pytest.fixture

@@ -3,11 +3,11 @@ the NT-Xent of the step, and the k-NN and linear-probe metrics."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import pytest
 import torch
+from conftest import default_float64
 from sklearn.neighbors import KNeighborsClassifier
 
 from tau_lab import config, engine, losses, metrics
@@ -22,16 +22,6 @@ SMALL = [
     "model.hidden=32",
     "model.features=16",
 ]
-
-
-@contextlib.contextmanager
-def default_float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _load(*overrides: str) -> config.Experiment:

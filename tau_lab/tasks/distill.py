@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
 from tau_lab import config, metrics
+from tau_lab.checks import check_unit_interval
 from tau_lab.data.digits import load_digits
 from tau_lab.losses import KDLoss, kd_loss, scaled_cross_entropy
 from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
@@ -61,9 +62,7 @@ class Sweep(config.Sweep):
     @field_validator("alpha")
     @classmethod
     def _unit(cls, values: list[float]) -> list[float]:
-        for v in values:
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"alpha = {v:g} is not allowed: it must lie in [0, 1]")
+        check_unit_interval("alpha", values)
         return values
 
     @field_validator("labeled_fraction")
