@@ -166,7 +166,9 @@ def train_population(
         if step == steps:
             break
 
-        masks = {name: alive for name in task.params} | {"logit_scale": alive & temperature.learnable}
+        masks = {name: alive for name in task.params}
+        if trained is params:
+            masks["logit_scale"] = alive & temperature.learnable
         optimizer.step(trained, grads, masks)
         temperature.clamp_()
         bar.update()

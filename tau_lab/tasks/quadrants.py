@@ -99,22 +99,23 @@ class Quadrants:
         ``∂L/∂e = (∂L/∂n − n (n·∂L/∂n)) / |e|``; ``∂L/∂o = ∂L/∂e ⊙ (1 − e²)``;
         ``∂L/∂W₂ = (∂L/∂o)ᵀ h``; ``∂L/∂W₁ = (∂L/∂o W₂)ᵀ x``; ``∂L/∂τ = −Σ_j δ_j s_j / τ``.
         """
+        # torch.bmm rather than @: every tensor is [K, ., .], and @ adds expand/reshape calls per product
         w1, w2 = params["w1"], params["w2"]
-        h = x @ w1.transpose(1, 2)  # [K, B, hidden]
-        e = torch.tanh(h @ w2.transpose(1, 2))  # [K, B, 2]
+        h = torch.bmm(x, w1.transpose(1, 2))  # [K, B, hidden]
+        e = torch.tanh(torch.bmm(h, w2.transpose(1, 2)))  # [K, B, 2]
         r = e.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
         n = e / r
-        s = (n[:, 1:] @ n[:, 0:1].transpose(1, 2)).squeeze(-1)  # [K, 1 + negatives]
+        s = torch.bmm(n[:, 1:], n[:, 0:1].transpose(1, 2)).squeeze(-1)  # [K, 1 + negatives]
         logits = s / tau[:, None]
         logp = F.log_softmax(logits, dim=-1)
         loss = -logp[:, 0]
         dlogits = logp.exp()
         dlogits[:, 0] -= 1
         ds = dlogits / tau[:, None]
-        dn = torch.cat([(ds.unsqueeze(1) @ n[:, 1:]), ds.unsqueeze(-1) * n[:, 0:1]], dim=1)
+        dn = torch.cat([torch.bmm(ds.unsqueeze(1), n[:, 1:]), ds.unsqueeze(-1) * n[:, 0:1]], dim=1)
         de = (dn - n * (n * dn).sum(-1, keepdim=True)) / r
         do = de * (1 - e * e)
-        grads = {"w2": do.transpose(1, 2) @ h, "w1": (do @ w2).transpose(1, 2) @ x}
+        grads = {"w2": torch.bmm(do.transpose(1, 2), h), "w1": torch.bmm(torch.bmm(do, w2).transpose(1, 2), x)}
         grad_tau = -(dlogits * s).sum(-1) / tau**2
         return StepResult(loss, grads, grad_tau, s)
 
