@@ -808,31 +808,16 @@ def search_space(search: SearchDir) -> Figure | None:
         sns.scatterplot(
             done, x="tau", y="alpha", hue="value", hue_norm=norm, palette="cividis", s=70, edgecolor="black", **common
         )
-        ax.scatter(
-            done.loc[pick, "tau"],
-            done.loc[pick, "alpha"],
-            marker="*",
-            s=380,
-            facecolor="none",
-            edgecolor="black",
-            lw=1.5,
-        )
         fig.colorbar(ScalarMappable(norm, "cividis"), ax=ax, label=f"{search.objective} ({search.direction})")
         ax.set(ylabel="α (weight of the soft term)")
         what = "the τ × α plane"
     else:
         sns.scatterplot(done, x="tau", y="value", color=_palette(["trial"])["trial"], s=50, **common)
-        ax.scatter(
-            done.loc[pick, "tau"],
-            done.loc[pick, "value"],
-            marker="*",
-            s=380,
-            facecolor="none",
-            edgecolor="black",
-            lw=1.5,
-        )
         ax.set(ylabel=f"{search.objective} ({search.direction})")
         what = "τ"
+    # the best trial, starred
+    y = done.loc[pick, "alpha" if plane else "value"]
+    ax.scatter(done.loc[pick, "tau"], y, marker="*", s=380, facecolor="none", edgecolor="black", lw=1.5)
     ax.set_xscale("log")
     _log_ticks(ax.xaxis)
     ax.margins(0.08)  # room for the star at the edges

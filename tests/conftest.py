@@ -23,3 +23,16 @@ def default_float64():
         yield
     finally:
         torch.set_default_dtype(previous)
+
+
+def assert_population_matches_reference(experiment, train_reference, rtol: float, atol: float) -> None:
+    """Every member of the population ends with the weights and logit_scale of its standalone run."""
+    from tau_lab import config, engine
+
+    rows = config.members(experiment)
+    out = engine.train_population(experiment, rows, torch.device("cpu"))
+    for k, row in enumerate(rows):
+        net, logit_scale, _ = train_reference(experiment, row)
+        for name, p in net.named_parameters():
+            torch.testing.assert_close(out["params"][name][k], p.detach(), rtol=rtol, atol=atol)
+        torch.testing.assert_close(out["params"]["logit_scale"][k], logit_scale, rtol=rtol, atol=atol)

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import default_float64
+from conftest import assert_population_matches_reference, default_float64
 
 from tau_lab import config, engine, metrics
 from tau_lab.data.captions import SYNONYMS
@@ -108,10 +108,4 @@ def test_member_reproduces_standalone_training_float64():
             "sweep.caption_noise=[0.0, 0.3]",
             "sweep.seeds=[0, 1]",
         )
-        rows = config.members(exp)
-        out = engine.train_population(exp, rows, CPU)
-        for k, row in enumerate(rows):
-            net, logit_scale, _ = train_reference(exp, row)
-            for name, p in net.named_parameters():
-                torch.testing.assert_close(out["params"][name][k], p.detach(), rtol=1e-5, atol=1e-6)
-            torch.testing.assert_close(out["params"]["logit_scale"][k], logit_scale, rtol=1e-5, atol=1e-6)
+        assert_population_matches_reference(exp, train_reference, rtol=1e-5, atol=1e-6)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import default_float64
+from conftest import assert_population_matches_reference, default_float64
 from sklearn.neighbors import KNeighborsClassifier
 
 from tau_lab import config, engine, losses, metrics
@@ -113,13 +113,7 @@ def test_member_reproduces_standalone_training_float64(optimizer, tol):
             "sweep.tau_weight_decay=[0.0, 0.1]",
             "sweep.seeds=[0, 1]",
         )
-        rows = config.members(exp)
-        out = engine.train_population(exp, rows, CPU)
-        for k, row in enumerate(rows):
-            net, logit_scale, _ = train_reference(exp, row)
-            for name, p in net.named_parameters():
-                torch.testing.assert_close(out["params"][name][k], p.detach(), rtol=10 * tol, atol=tol)
-            torch.testing.assert_close(out["params"]["logit_scale"][k], logit_scale, rtol=10 * tol, atol=tol)
+        assert_population_matches_reference(exp, train_reference, rtol=10 * tol, atol=tol)
 
 
 def test_knn_accuracy_matches_scikit_learn():
