@@ -139,13 +139,13 @@ SUMMARY_COLUMNS = [
 
 def _task_axes() -> str:
     """The grid axes each task adds to ``[sweep]``, with their descriptions: the epilog of ``sweep --help``."""
-    lines = [
-        f"{name}: sweep.{key}" + (f": {field.description}" if field.description else "")
-        for name, task in TASKS.items()
-        for key, field in task.Sweep.model_fields.items()
-        if key not in config.Sweep.model_fields
-    ]
-    return "\n\n".join(escape(line) for line in ["Task axes of [sweep], beside tau, tau_mode and seeds:", *lines])
+    axes: dict[str, tuple[list[str], str]] = {}  # key -> (tasks, description)
+    for name, task in TASKS.items():
+        for key, field in task.Sweep.model_fields.items():
+            if key not in config.Sweep.model_fields:
+                axes.setdefault(key, ([], field.description or ""))[0].append(name)
+    lines = [f"sweep.{key} ({', '.join(tasks)}): {text}".rstrip(": ") for key, (tasks, text) in axes.items()]
+    return "\n\n".join(escape(line) for line in ["Grid axes beside tau, tau_mode and seeds:", *lines])
 
 
 @app.command("sweep", epilog=_task_axes())

@@ -32,8 +32,12 @@ class Sweep(config.Sweep):
     Fixed and scheduled members have no ``logit_scale`` to train and ignore them.
     """
 
-    tau_lr: list[Annotated[float, Field(gt=0)]] | None = Field(None, min_length=1)
-    tau_weight_decay: list[Annotated[float, Field(ge=0)]] | None = Field(None, min_length=1)
+    tau_lr: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, min_length=1, description="learning rate of a learnable τ's logit_scale, per member"
+    )
+    tau_weight_decay: list[Annotated[float, Field(ge=0)]] | None = Field(
+        None, min_length=1, description="weight decay of a learnable τ's logit_scale, per member"
+    )
 
     @model_serializer(mode="wrap")
     def _only_given_axes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
