@@ -16,12 +16,13 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tau_lab.checks import check_positive
+from tau_lab.errors import UserError
 from tau_lab.temperature import MODES, NEEDS_PERIOD, start_tau
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A bad experiment file or override; the message is one line."""
 
 
