@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
 
-from tau_lab.checks import check_positive
 from tau_lab.errors import UserError
-from tau_lab.temperature import MODES, NEEDS_PERIOD, start_tau
+from tau_lab.tasks import TASKS
+from tau_lab.tasks.base import Sweep
+from tau_lab.temperature import NEEDS_PERIOD, start_tau
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
 
@@ -52,30 +53,13 @@ class TemperatureSettings(_Strict):
         return self
 
 
-class Sweep(_Strict):
-    """The grid: the product of these lists (and a task's own, in a subclass) with ``seeds``."""
-
-    tau: list[float] = Field([0.07], min_length=1)
-    tau_mode: list[str] = Field(["fixed"], min_length=1)
-    seeds: list[int] = Field([0], min_length=1)
-
-    @field_validator("tau")
-    @classmethod
-    def _positive(cls, values: list[float]) -> list[float]:
-        check_positive("tau", values)
-        return values
-
-    @field_validator("tau_mode")
-    @classmethod
-    def _modes(cls, values: list[str]) -> list[str]:
-        for v in values:
-            if v not in MODES:
-                raise ValueError(f"tau_mode = {v!r} is not allowed: use one of {', '.join(MODES)}")
-        return values
+# Read as plain tables, then replaced by ``validate`` with the task's own schemas (``Task.Data``, …)
+Section = dict[str, Any] | SerializeAsAny[BaseModel]
 
 
 class Experiment(_Strict):
-    """A whole study; ``data``, ``model`` and ``sweep`` are checked by the task's own schemas."""
+    """A whole study; ``data``, ``model`` and ``sweep`` are checked by the task's own schemas (``validate``)
+    and hold instances of them: ``experiment.sweep.tau``. The base grid is ``tau_lab.tasks.base.Sweep``."""
 
     name: str = Field("", description="the study's name (default: the file's stem); names results/<name>/")
     description: str = ""
@@ -90,9 +74,9 @@ class Experiment(_Strict):
     memory_budget_mb: float = Field(4096, gt=0, description="members per chunk are sized to fit")
     optimizer: Optimizer = Optimizer()
     temperature: TemperatureSettings = TemperatureSettings()
-    data: dict[str, Any] = {}
-    model: dict[str, Any] = {}
-    sweep: dict[str, Any] = {}
+    data: Section = {}
+    model: Section = {}
+    sweep: Section = {}
     search: dict[str, Any] | None = Field(None, description="tau-lab search's table, checked by tau_lab.search")
 
 
@@ -157,8 +141,7 @@ def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> tu
 
 
 def validate(raw: dict[str, Any], source: str) -> Experiment:
-    from tau_lab.tasks import TASKS  # the tasks import this module
-
+    """``raw`` checked: the experiment's own keys, then ``data``, ``model`` and ``sweep`` by the task's schemas."""
     try:
         experiment = Experiment.model_validate(raw)
     except ValidationError as err:
@@ -169,14 +152,14 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
     for section in ("data", "model", "sweep"):
         schema = getattr(task, section.capitalize())
         try:
-            setattr(experiment, section, schema.model_validate(getattr(experiment, section)).model_dump())
+            setattr(experiment, section, schema.model_validate(getattr(experiment, section)))
         except ValidationError as err:
             raise ConfigError(_one_line(err, source, section)) from None
     t, sweep = experiment.temperature, experiment.sweep
-    if any(m in NEEDS_PERIOD for m in sweep["tau_mode"]) and t.period is None:
+    if any(m in NEEDS_PERIOD for m in sweep.tau_mode) and t.period is None:
         t.period = experiment.steps
-    if "learnable" in sweep["tau_mode"]:
-        for tau in sweep["tau"]:
+    if "learnable" in sweep.tau_mode:
+        for tau in sweep.tau:
             if not t.tau_min <= tau <= t.tau_max:
                 raise ConfigError(
                     f"{source}: sweep.tau = {tau:g} with tau_mode 'learnable' lies outside the clamp "
@@ -193,7 +176,7 @@ def members(experiment: Experiment) -> list[dict[str, Any]]:
     ``tau_init`` set to where it starts (``temperature.start_tau``: τ_max for a schedule, the
     middle of [τ_min, τ_max] for ctkd).
     """
-    sweep = dict(experiment.sweep)
+    sweep = experiment.sweep.model_dump()
     seeds, modes, taus = sweep.pop("seeds"), sweep.pop("tau_mode"), sweep.pop("tau")
     rows, seen = [], set()
     t = experiment.temperature

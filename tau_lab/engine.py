@@ -5,13 +5,24 @@ population whose parameters are stacked on a leading member axis. Per step the t
 loss and gradients of every member, the optimizer updates the live ones, and learnable
 temperatures are clamped. A member whose loss (or, at logging steps, gradient or parameters)
 turns non-finite is marked diverged at that step and frozen; the others go on.
+
+A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState``: plain tensors,
+lists and numbers, read back with ``torch.load(weights_only=True)``, so a crafted file cannot run code)
+and the metrics it logged, appended as ``metrics/chunk-{i}-{until:08d}.parquet`` parts (the records of
+steps below ``until``) at every checkpoint and evaluation. A checkpoint holds the resolved configuration
+it was trained with; a resume with another one is refused.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import math
+import pickle
+import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +30,45 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from tau_lab import config, metrics, results
-from tau_lab.optim import Optimizer
+from tau_lab.errors import UserError
+from tau_lab.optim import Optimizer, build_optimizer
+from tau_lab.progress import Progress
 from tau_lab.tasks import TASKS
+from tau_lab.tasks.base import StepResult, Task
 from tau_lab.temperature import Temperature
+
+CHECKPOINT_FORMAT = 2  # 1: the pickled checkpoints of tau-lab ≤ 0.1, refused
+# Keys that may differ between a run and its resume: they name or place the run, or change how fast it
+# trains, not what it computes (a checkpoint is saved on the CPU and loads on any device; compile traces
+# the same step).
+RESUMABLE_CHANGES = ("name", "description", "device", "compile", "checkpoint_every")
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be resumed; the message names the file and how to recover."""
 
 
 def resolve_device(name: str) -> torch.device:
     """``auto`` picks CUDA when it is available; ``cuda`` without it is an error."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device = 'cuda' was asked for, but no CUDA device is available: use cpu or auto")
+        raise UserError("device = 'cuda' was asked for, but no CUDA device is available: use cpu or auto")
     return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
 
 
-class MetricLog:
-    """Per-member values ``[K]`` recorded at steps; becomes the long metrics table."""
+# ----------------------------------------------------------------------------- the metric log
 
-    def __init__(self) -> None:
+
+class MetricLog:
+    """Per-member values ``[K]`` recorded at steps; becomes the long metrics table.
+
+    With ``parts`` (a directory) and ``prefix``, ``flush(until)`` appends the records made since the last
+    flush as ``parts/{prefix}-{until:08d}.parquet``; ``frame()`` reads them back before the records in memory.
+    """
+
+    def __init__(self, member_ids: list[int], parts: Path | None = None, prefix: str = "") -> None:
+        self.member_ids, self.parts, self.prefix = member_ids, parts, prefix
         self.steps: list[int] = []
         self.names: list[str] = []
         self.values: list[Tensor] = []
@@ -48,21 +79,269 @@ class MetricLog:
             self.names.append(name)
             self.values.append(value.detach().to(torch.float32, copy=True))  # never a view of live state
 
-    def frame(self, member_ids: list[int]) -> pd.DataFrame:
-        values = torch.stack(self.values).cpu().numpy()  # [records, K]
-        k = len(member_ids)
+    def _pending(self) -> pd.DataFrame:
+        k = len(self.member_ids)
+        values = torch.stack(self.values).cpu().numpy() if self.values else np.zeros((0, k), np.float32)
         return pd.DataFrame(
             {
-                "member": np.tile(member_ids, len(self.steps)),
-                "step": np.repeat(self.steps, k),
-                "metric": np.repeat(self.names, k),
+                "member": np.tile(np.asarray(self.member_ids, dtype=np.int64), len(self.steps)),
+                "step": np.repeat(np.asarray(self.steps, dtype=np.int64), k),
+                "metric": np.repeat(np.asarray(self.names, dtype=str), k),
                 "value": values.reshape(-1),
             }
         )
 
+    def _part_files(self) -> list[tuple[int, Path]]:
+        if self.parts is None:
+            return []
+        files = self.parts.glob(f"{self.prefix}-*.parquet")
+        return sorted((int(p.stem.rpartition("-")[2]), p) for p in files)
+
+    def flush(self, until: int) -> None:
+        """Append the pending records (steps below ``until``) to the parts, atomically."""
+        if self.parts is None or not self.steps:
+            return
+        frame = self._pending()
+        results.atomic_write(self.parts / f"{self.prefix}-{until:08d}.parquet", lambda tmp: frame.to_parquet(tmp))
+        self.steps, self.names, self.values = [], [], []
+
+    def drop_after(self, step: int) -> None:
+        """Remove parts of steps from ``step`` on: written after the checkpoint a resume starts from."""
+        for until, path in self._part_files():
+            if until > step:
+                path.unlink()
+
+    def frame(self) -> pd.DataFrame:
+        """Every record: ``member``, ``step``, ``metric``, ``value`` (float32)."""
+        frames = [pd.read_parquet(path) for _, path in self._part_files()]
+        return pd.concat([*frames, self._pending()], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- configuration identity
+
+
+def _number(value: Any) -> Any:
+    """Numbers as floats, in lists too: an unvalidated default ``4096`` is the ``4096.0`` read back."""
+    if isinstance(value, list | tuple):
+        return [_number(v) for v in value]
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """``{"optimizer": {"lr": 0.1}}`` → ``{"optimizer.lr": "0.1"}`` (values as JSON)."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = json.dumps(_number(value))
+    return out
+
+
+def fingerprint(experiment: config.Experiment) -> dict[str, str]:
+    """The resolved configuration as ``{dotted key: JSON value}``, without ``RESUMABLE_CHANGES``."""
+    raw = tomllib.loads(config.dumps(experiment))
+    return {key: value for key, value in _flat(raw).items() if key.split(".")[0] not in RESUMABLE_CHANGES}
+
+
+def _hash(identity: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def check_same_config(where: Path, saved: dict[str, str], now: dict[str, str]) -> None:
+    """Refuse to continue a run whose configuration ``saved`` differs from ``now``: one line naming the keys."""
+    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    if not keys:
+        return
+    changes = "; ".join(f"{k}: {saved.get(k, '(unset)')} → {now.get(k, '(unset)')}" for k in keys[:5])
+    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+    raise UserError(
+        f"{where}: the run was trained with another configuration ({changes}{more}): resume it with its own "
+        "settings, or start a new run to change them (a finished run is not extended)"
+    )
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint's plain contents; anything else is one ``CheckpointError`` line that says how to recover."""
+    recover = f"delete {path} to train that chunk again from step 0 (the other chunks keep their progress)"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # weights_only refuses any object that is not a tensor, list, number, …
+        raise CheckpointError(
+            f"{path}: refused: it holds Python objects that loading could run as code, not a tau-lab "
+            f"checkpoint; {recover}"
+        ) from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint; {recover}") from None
+    except Exception as err:  # an empty, truncated or garbage file: torch.load raises one of many kinds
+        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: truncated or corrupt); {recover}") from None
+    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint of this tau-lab version; {recover}")
+    return saved
+
+
+@dataclass
+class PopulationState:
+    """Everything a population carries from one step to the next; a checkpoint is its ``state_dict()``.
+
+    ``params`` are the task's parameters and the temperature's ``logit_scale`` (the same tensors, updated in
+    place); every other tensor is ``[K]``, one value per member.
+    """
+
+    params: dict[str, Tensor]
+    optimizer: Optimizer
+    log: MetricLog
+    alive: Tensor
+    pruned: Tensor
+    diverged_step: Tensor  # -1 while alive
+    last_tau: Tensor  # a diverged member's τ at its last finite step
+    previous_tau: Tensor  # every member's τ at the step before this one
+    window_loss: Tensor  # the loss summed since the last logging step
+    window_steps: int = 0
+    step: int = 0  # the next step to take; steps + 1 once the population has finished
+    embeddings: list[tuple[int, Tensor]] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, params: dict[str, Tensor], optimizer: Optimizer, log: MetricLog) -> PopulationState:
+        """Step 0: every member alive."""
+        scale = params["logit_scale"]
+        k, device = len(scale), scale.device
+        nan = torch.full((k,), math.nan, dtype=scale.dtype, device=device)
+        return cls(
+            params,
+            optimizer,
+            log,
+            alive=torch.ones(k, dtype=torch.bool, device=device),
+            pruned=torch.zeros(k, dtype=torch.bool, device=device),
+            diverged_step=torch.full((k,), -1, device=device),
+            last_tau=nan,
+            previous_tau=nan,
+            window_loss=torch.zeros(k, device=device),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain tensors (on the CPU), lists and numbers."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "params": {n: p.cpu() for n, p in self.params.items()},
+            "optimizer": {n: v.cpu() for n, v in self.optimizer.state_dict().items()},
+            **{n: getattr(self, n).cpu() for n in ("alive", "pruned", "diverged_step", "last_tau", "previous_tau")},
+            "window_loss": self.window_loss.cpu(),
+            "window_steps": self.window_steps,
+            "embedding_steps": [s for s, _ in self.embeddings],
+            "embeddings": [e for _, e in self.embeddings],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, value in state["params"].items():
+            self.params[name].copy_(value)
+        self.optimizer.load_state_dict(state["optimizer"])
+        device = self.alive.device
+        for name in ("alive", "pruned", "diverged_step", "last_tau", "previous_tau", "window_loss"):
+            setattr(self, name, state[name].to(device))
+        self.step, self.window_steps = state["step"], state["window_steps"]
+        self.embeddings = list(zip(state["embedding_steps"], state["embeddings"], strict=True))
+
+    def output(self) -> dict[str, Any]:
+        """What ``train_population`` returns."""
+        return {
+            "alive": self.alive.cpu(),
+            "diverged_step": self.diverged_step.cpu(),
+            "pruned": self.pruned.cpu(),
+            "log": self.log,
+            "embeddings": self.embeddings,
+            "params": {n: p.cpu() for n, p in self.params.items()},
+        }
+
+
+def _save(checkpoint: Path | None, state: PopulationState, identity: dict[str, str]) -> None:
+    if checkpoint is None:
+        return
+    state.log.flush(state.step)  # the metrics first: a part past the checkpoint is dropped on resume
+    saved = state.state_dict() | {"config": identity, "config_hash": _hash(identity)}
+    results.atomic_write(checkpoint, lambda tmp: torch.save(saved, tmp))
+
+
+def _resume(checkpoint: Path | None, state: PopulationState, identity: dict[str, str]) -> None:
+    if checkpoint is None:
+        return
+    if checkpoint.exists():
+        saved = load_checkpoint(checkpoint)
+        if saved.get("config_hash") != _hash(identity):
+            check_same_config(checkpoint, saved.get("config", {}), identity)
+        try:
+            state.load_state_dict(saved)
+        except (KeyError, RuntimeError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{checkpoint}: does not fit this population ({type(err).__name__}); delete it to train that "
+                "chunk again from step 0"
+            ) from None
+    state.log.drop_after(state.step)
+
+
+# ----------------------------------------------------------------------------- one step's bookkeeping
+
 
 def _finite_per_member(tensors: list[Tensor]) -> Tensor:
     return torch.stack([torch.isfinite(t).reshape(t.shape[0], -1).all(-1) for t in tensors]).all(0)
+
+
+def _mark_divergence(state: PopulationState, step: int, tau: Tensor, out: StepResult, checked: list[Tensor]) -> None:
+    """Freeze members whose loss (or any of ``checked``: gradients and parameters at logging steps) is not
+    finite; keep the τ of their last finite step (a blown-up learnable τ is clamped to a meaningless end)."""
+    finite = torch.isfinite(out.loss)
+    if checked:
+        finite &= _finite_per_member(checked)
+    newly = state.alive & ~finite
+    state.diverged_step = torch.where(newly, step, state.diverged_step)
+    state.last_tau = torch.where(newly, tau if step == 0 else state.previous_tau, state.last_tau)
+    state.previous_tau = tau
+    state.alive &= finite
+    state.window_loss += out.loss  # a frozen member's NaN is masked when the window is logged
+    state.window_steps += 1
+
+
+def _log(
+    state: PopulationState, step: int, task: Task, temperature: Temperature, tau: Tensor, out: StepResult, grads: dict
+) -> dict[str, Tensor]:
+    """The logging step's metrics, each ``[K]``: the window's mean loss, gradient norms, τ, hardness, the
+    task's diagnostics."""
+    values = {
+        "loss": torch.where(state.alive, state.window_loss / state.window_steps, math.nan),
+        "grad_norm": metrics.grad_norm(out.grads.values()),
+        "grad_norm_tau": grads["logit_scale"].abs(),
+        "tau": torch.where(state.diverged_step >= 0, state.last_tau, tau),
+        "logit_scale": temperature.logit_scale.detach(),
+    }
+    if out.sims is not None:
+        k = len(tau)
+        values["effective_negatives"] = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)
+    values |= {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()}
+    state.log.record(step, values | task.diagnostics(task.params, tau, step))
+    state.window_loss.zero_()
+    state.window_steps = 0
+    return values
+
+
+def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable | None) -> None:
+    """Evaluate every member, keep the embeddings, and freeze the members a search's pruner stops."""
+    with torch.no_grad():
+        evaluation = task.evaluate(task.params)
+        state.log.record(step, evaluation)
+        embedded = task.embed(task.params)
+        if embedded is not None:
+            state.embeddings.append((step, embedded.float().cpu()))
+    prune = on_eval(step, evaluation) if on_eval else None
+    if prune is not None:
+        state.pruned |= prune.to(state.alive.device) & state.alive
+        state.alive &= ~state.pruned
+
+
+# ----------------------------------------------------------------------------- the loop
 
 
 def train_population(
@@ -72,6 +351,7 @@ def train_population(
     checkpoint: Path | None = None,
     progress: bool = False,
     on_eval: Callable[[int, dict[str, Tensor]], Tensor | None] | None = None,
+    label: str = "population",
 ) -> dict[str, Any]:
     """Train one population (a chunk of members) to the end; resumes from ``checkpoint`` if it exists.
 
@@ -82,124 +362,60 @@ def train_population(
     Returns ``alive``, ``pruned`` and ``diverged_step`` per member, the metric log, the
     embeddings and the final parameters.
     """
-    saved = torch.load(checkpoint, weights_only=False) if checkpoint and checkpoint.exists() else None
-    if saved and saved["done"]:
-        return saved["output"]
-    task = TASKS[experiment.task](experiment, rows, device)
-    t, opt = experiment.temperature, experiment.optimizer
-    temperature = Temperature(
-        [r["tau_init"] for r in rows], [r["tau_mode"] for r in rows], t.tau_min, t.tau_max, t.period
-    ).to(device)
+    # setup: the task, the temperature of every member, one optimizer over both; resume from the checkpoint
+    steps, t = experiment.steps, experiment.temperature
+    task: Task = TASKS[experiment.task](experiment, rows, device)
+    taus, modes = [r["tau_init"] for r in rows], [r["tau_mode"] for r in rows]
+    temperature = Temperature(taus, modes, t.tau_min, t.tau_max, t.period).to(device)
     params = {**task.params, "logit_scale": temperature.logit_scale.data}
-    # logit_scale is trained only when some member's τ is learnable (fewer ops per step otherwise)
-    trained = params if temperature.learnable.any() else task.params
-    # a task may sweep tau_lr / tau_weight_decay: a member's own value, else the optimizer's
-    tau_lr = [r.get("tau_lr") or opt.tau_lr or opt.lr for r in rows]
-    tau_wd = [opt.tau_weight_decay if r.get("tau_weight_decay") is None else r["tau_weight_decay"] for r in rows]
-    per_member = {"dtype": params["logit_scale"].dtype, "device": device}
-    lr = {name: opt.lr for name in task.params} | {"logit_scale": torch.tensor(tau_lr, **per_member)}
-    weight_decay = {name: opt.weight_decay for name in task.params}
-    weight_decay["logit_scale"] = torch.tensor(tau_wd, **per_member)
-    optimizer = Optimizer(opt.name, trained, lr, weight_decay, opt.betas, opt.eps)
-    k, steps = len(rows), experiment.steps
-    alive = torch.ones(k, dtype=torch.bool, device=device)
-    diverged_step = torch.full((k,), -1, device=device)
-    pruned = torch.zeros(k, dtype=torch.bool, device=device)
-    log, embeddings, start = MetricLog(), [], 0
-    window_loss, window_steps = torch.zeros(k, device=device), 0  # the loss logged is the window's mean
-    if saved:
-        for name, value in saved["params"].items():
-            params[name].copy_(value)
-        optimizer.load_state_dict(saved["optimizer"])
-        alive, diverged_step, start = saved["alive"].to(device), saved["diverged_step"].to(device), saved["step"]
-        pruned = saved["pruned"].to(device)
-        log, embeddings = saved["log"], saved["embeddings"]
-        window_loss, window_steps = saved["window_loss"].to(device), saved["window_steps"]
+    trains_tau = bool(temperature.learnable.any())  # else logit_scale is left out: fewer ops per step
+    trained = params if trains_tau else task.params
+    parts = None if checkpoint is None else checkpoint.parent.parent / "metrics"
+    log = MetricLog([r["member"] for r in rows], parts, None if checkpoint is None else checkpoint.stem)
+    state = PopulationState.start(params, build_optimizer(experiment.optimizer, trained, rows), log)
+    identity = fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
+    _resume(checkpoint, state, identity)
     step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=experiment.precision == "bf16")
-    bar = tqdm(total=steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = Progress(steps, min(state.step, steps), label, progress)
 
-    for step in range(start, steps + 1):
+    for step in range(state.step, steps + 1):
+        logging, last = step % experiment.log_every == 0 or step == steps, step == steps
+        # forward and backward: every member's loss, gradients and ∂L/∂τ at its τ of this step
         tau = temperature(step).detach()
         with autocast:
-            out = step_fn(params, tau, task.batch(step))
-        logging = step % experiment.log_every == 0 or step == steps
+            out = step_fn(task.params, tau, task.batch(step))
         grads = dict(out.grads)
-        if trained is params or logging:
+        if trains_tau or logging:
             grads["logit_scale"] = temperature.logit_scale_grad(tau, out.grad_tau, step)
-        finite = torch.isfinite(out.loss)
+        # divergence: non-finite members are frozen (gradients and parameters are checked when logging)
+        _mark_divergence(state, step, tau, out, [*grads.values(), *params.values()] if logging else [])
+        # logging and evaluation (a search's pruner may freeze members here)
         if logging:
-            finite &= _finite_per_member([*grads.values(), *params.values()])
-        diverged_step = torch.where(alive & ~finite, step, diverged_step)
-        alive &= finite
-        window_loss += out.loss  # a frozen member's NaN is masked when the window is logged
-        window_steps += 1
-
-        if logging:
-            values = {
-                "loss": torch.where(alive, window_loss / window_steps, math.nan),
-                "grad_norm": metrics.grad_norm(out.grads.values()),
-                "grad_norm_tau": grads["logit_scale"].abs(),
-                "tau": tau,
-                "logit_scale": temperature.logit_scale.detach(),
-            }
-            if out.sims is not None:
-                values["effective_negatives"] = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)
-            values |= {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()}
-            log.record(step, values | task.diagnostics(params, tau, step))
-            window_loss.zero_()
-            window_steps = 0
-            losses = values["loss"][alive]
-            if len(losses):
-                bar.set_postfix_str(f"loss {losses.min():.3g}..{losses.max():.3g}, diverged {int((~alive).sum())}")
-        if step % experiment.eval_every == 0 or step == steps:
-            with torch.no_grad():
-                evaluation = task.evaluate(params)
-                log.record(step, evaluation)
-                embedded = task.embed(params)
-                if embedded is not None:
-                    embeddings.append((step, embedded.float().cpu()))
-            prune = on_eval(step, evaluation) if on_eval else None
-            if prune is not None:
-                pruned |= prune.to(device) & alive
-                alive &= ~pruned
-        if step == steps:
+            losses = _log(state, step, task, temperature, tau, out, grads)["loss"][state.alive]
+            bar.status(int(state.alive.sum()), len(rows), *((losses.min(), losses.max()) if len(losses) else ()))
+        if step % experiment.eval_every == 0 or last:
+            _evaluate(state, step, task, on_eval)
+            state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
+        if last:
             break
-
-        masks = {name: alive for name in task.params}
-        if trained is params:
-            masks["logit_scale"] = alive & temperature.learnable
-        optimizer.step(trained, grads, masks)
+        # the update of the live members, then the clamp of learnable τ
+        masks = {name: state.alive for name in task.params}
+        if trains_tau:
+            masks["logit_scale"] = state.alive & temperature.learnable
+        state.optimizer.step(trained, grads, masks)
         temperature.clamp_()
-        bar.update()
-        if checkpoint and experiment.checkpoint_every and (step + 1) % experiment.checkpoint_every == 0:
-            state = {
-                "done": False,
-                "step": step + 1,
-                "params": {n: p.cpu() for n, p in params.items()},
-                "optimizer": optimizer.state_dict(),
-                "alive": alive.cpu(),
-                "diverged_step": diverged_step.cpu(),
-                "pruned": pruned.cpu(),
-                "log": log,
-                "embeddings": embeddings,
-                "window_loss": window_loss.cpu(),
-                "window_steps": window_steps,
-            }
-            results.atomic_write(checkpoint, lambda tmp, state=state: torch.save(state, tmp))
+        state.step = step + 1
+        bar.update(state.step)
+        # checkpoint
+        if experiment.checkpoint_every and state.step % experiment.checkpoint_every == 0:
+            _save(checkpoint, state, identity)
     bar.close()
 
-    output = {
-        "alive": alive.cpu(),
-        "diverged_step": diverged_step.cpu(),
-        "pruned": pruned.cpu(),
-        "log": log,
-        "embeddings": embeddings,
-        "params": {n: p.cpu() for n, p in params.items()},
-    }
-    if checkpoint:
-        results.atomic_write(checkpoint, lambda tmp: torch.save({"done": True, "output": output}, tmp))
-    return output
+    if state.step <= steps:  # not resumed from a finished checkpoint
+        state.step = steps + 1
+        _save(checkpoint, state, identity)
+    return state.output()
 
 
 def chunks(experiment: config.Experiment, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
@@ -216,7 +432,7 @@ def tables(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[st
     for output in outputs:
         ids = [r["member"] for r in rows[offset : offset + len(output["alive"])]]
         offset += len(ids)
-        metric_frames.append(output["log"].frame(ids))
+        metric_frames.append(output["log"].frame())
         status += [
             "pruned" if p else "ok" if a else "diverged"
             for a, p in zip(output["alive"].tolist(), output["pruned"].tolist(), strict=True)
@@ -255,9 +471,10 @@ def run_sweep(
 ) -> tuple[Path, dict[str, pd.DataFrame]]:
     """Train every member of ``experiment`` and write its run directory.
 
-    With ``run_dir`` given (``--resume``), continue that run from its checkpoints. ``rows`` trains
-    these members instead of the grid (a search's trials). ``on_eval(chunk, step, evaluation)`` is
-    ``train_population``'s pruning hook, given the rows of the population it evaluated.
+    With ``run_dir`` given (``--resume``), continue that run from its checkpoints; its ``config.toml`` must
+    match ``experiment`` but for ``RESUMABLE_CHANGES``. ``rows`` trains these members instead of the grid (a
+    search's trials). ``on_eval(chunk, step, evaluation)`` is ``train_population``'s pruning hook, given the
+    rows of the population it evaluated.
     """
     device = resolve_device(experiment.device)
     rows = config.members(experiment) if rows is None else rows
@@ -265,11 +482,17 @@ def run_sweep(
         run_dir = results.new_run_dir(name, root)
         results.write_text(run_dir / "config.toml", config.dumps(experiment))
         results.write_json(run_dir / "env.json", results.environment(device))
+    else:
+        path = run_dir / "config.toml"
+        recorded = config.validate(tomllib.loads(path.read_text()), str(path))
+        check_same_config(path, fingerprint(recorded), fingerprint(experiment))
     outputs = []
-    for i, chunk in enumerate(chunks(experiment, rows)):
+    populations = chunks(experiment, rows)
+    for i, chunk in enumerate(populations):
         checkpoint = run_dir / "checkpoints" / f"chunk-{i}.pt"
         hook = None if on_eval is None else functools.partial(on_eval, chunk)
-        outputs.append(train_population(experiment, chunk, device, checkpoint, progress, hook))
+        label = f"chunk {i + 1}/{len(populations)}"
+        outputs.append(train_population(experiment, chunk, device, checkpoint, progress, hook, label))
     out = tables(rows, outputs)
     for table_name, df in out.items():
         results.write_table(df, run_dir / table_name, csv=table_name == "members")

@@ -8,6 +8,9 @@ are left untouched there, their optimizer state included.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -75,3 +78,40 @@ class Optimizer:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         for k, v in state.items():
             self.state[k].copy_(v)
+
+
+def tau_hyperparameters(opt: Any, member: dict[str, Any]) -> tuple[float, float]:
+    """The learning rate and weight decay of a member's ``logit_scale``: the member's own (a grid axis
+    ``tau_lr`` / ``tau_weight_decay``), else ``optimizer.tau_lr`` / ``optimizer.tau_weight_decay``, and the
+    learning rate falls back to ``optimizer.lr``."""
+    lr = member.get("tau_lr") or opt.tau_lr or opt.lr
+    weight_decay = member.get("tau_weight_decay")
+    return lr, opt.tau_weight_decay if weight_decay is None else weight_decay
+
+
+def build_optimizer(opt: Any, params: dict[str, Tensor], members: list[dict[str, Any]]) -> Optimizer:
+    """The population's optimizer over ``params`` (stacked ``[K, ...]``; ``logit_scale`` among them when the
+    temperature is trained): ``optimizer.lr`` and ``weight_decay`` for the task's parameters, each member's
+    ``tau_hyperparameters`` for ``logit_scale``."""
+    lr: dict[str, float | Tensor] = dict.fromkeys(params, opt.lr)
+    weight_decay: dict[str, float | Tensor] = dict.fromkeys(params, opt.weight_decay)
+    if "logit_scale" in params:
+        per_member = {"dtype": params["logit_scale"].dtype, "device": params["logit_scale"].device}
+        tau_lr, tau_wd = zip(*(tau_hyperparameters(opt, m) for m in members), strict=True)
+        lr["logit_scale"] = torch.tensor(tau_lr, **per_member)
+        weight_decay["logit_scale"] = torch.tensor(tau_wd, **per_member)
+    return Optimizer(opt.name, params, lr, weight_decay, opt.betas, opt.eps)
+
+
+def reference_optimizer(
+    opt: Any, params: Iterable[Tensor], logit_scale: Tensor | None, member: dict[str, Any]
+) -> torch.optim.Optimizer:
+    """The same policy for one member trained alone with ``torch.optim`` (``SGD`` or ``AdamW``): the
+    ``logit_scale`` group, when given, with the member's ``tau_hyperparameters``."""
+    groups: list[dict[str, Any]] = [{"params": list(params), "weight_decay": opt.weight_decay}]
+    if logit_scale is not None:
+        lr, weight_decay = tau_hyperparameters(opt, member)
+        groups.append({"params": [logit_scale], "lr": lr, "weight_decay": weight_decay})
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr)
+    return torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)

@@ -42,7 +42,7 @@ def test_study_runs_end_to_end(tmp_path):
 def test_learnable_logit_scale_starts_at_clips_value_and_stays_in_the_clamp():
     exp = _load("sweep.tau=[0.07]", "sweep.tau_mode=['learnable']", "optimizer.tau_lr=1.0", "log_every=1")
     rows = config.members(exp)
-    log = engine.train_population(exp, rows, CPU)["log"].frame([r["member"] for r in rows])
+    log = engine.train_population(exp, rows, CPU)["log"].frame()
     scale = log[log.metric == "logit_scale"].sort_values("step").value
     assert scale.iloc[0] == pytest.approx(math.log(1 / 0.07), abs=1e-6)  # 2.659260, a scale of 14.29
     assert scale.between(0 - 1e-6, math.log(100) + 1e-6).all()  # CLIP's clamp: a scale of at most 100
@@ -86,13 +86,13 @@ def test_prompt_ensemble_is_the_renormalised_mean_of_normalised_prompts():
     task = CLIP(exp, rows, CPU)
     prompts = task.prompts["ensemble"]  # [P, 10, V]
     classes = task._classes(task.params, prompts)  # [K, 10, D]
-    each = F.normalize(torch.stack([encode_text(task.params, task._members(p)) for p in prompts]), dim=-1)
+    each = F.normalize(torch.stack([encode_text(task.params, task.members(p)) for p in prompts]), dim=-1)
     torch.testing.assert_close(classes, F.normalize(each.mean(0), dim=-1))
     single = task._classes(task.params, task.prompts["single"])
-    one = F.normalize(encode_text(task.params, task._members(task.prompts["single"][0])), dim=-1)
+    one = F.normalize(encode_text(task.params, task.members(task.prompts["single"][0])), dim=-1)
     torch.testing.assert_close(single, one)
     # zero-shot accuracy is the accuracy of the nearest class embedding
-    u = F.normalize(encode_image(task.params, task._members(task.test_x)), dim=-1)
+    u = F.normalize(encode_image(task.params, task.members(task.test_x)), dim=-1)
     got = task.evaluate(task.params)["zero_shot_ensemble"]
     torch.testing.assert_close(got, metrics.accuracy(u @ classes.transpose(1, 2), task.test_y))
 

@@ -13,7 +13,7 @@ def test_quadrants_is_seed_001():
     exp, path = config.load_experiment("quadrants")
     assert path.name == "quadrants.toml"
     assert exp.steps == 10_000 and exp.optimizer.name == "sgd" and exp.optimizer.lr == 3e-4
-    assert exp.sweep["tau"] == [0.99, 0.5, 0.05, 0.01, 0.001]
+    assert exp.sweep.tau == [0.99, 0.5, 0.05, 0.01, 0.001]
     assert len(config.members(exp)) == 10
 
 

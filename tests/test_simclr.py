@@ -46,7 +46,7 @@ def test_cosine_member_logs_tau_max_tau_min_tau_max():
     # period = steps = 20: τ_max at 0, τ_min at 10, τ_max again at 20
     exp = _load("sweep.tau_mode=['cosine']", "log_every=10", "eval_every=20")
     rows = config.members(exp)
-    log = engine.train_population(exp, rows, CPU)["log"].frame([r["member"] for r in rows])
+    log = engine.train_population(exp, rows, CPU)["log"].frame()
     tau = log[log.metric == "tau"].set_index("step").value
     t = exp.temperature
     assert tau[0] == pytest.approx(t.tau_max) and tau[20] == pytest.approx(t.tau_max)
@@ -58,7 +58,7 @@ def test_learnable_tau_stays_in_the_clamp_and_reaches_it():
     exp = _load("sweep.tau_mode=['learnable']", "optimizer.tau_lr=1.0", "log_every=1", "eval_every=20")
     rows = config.members(exp)
     out = engine.train_population(exp, rows, CPU)
-    log = out["log"].frame([r["member"] for r in rows])
+    log = out["log"].frame()
     t = exp.temperature
     tau = log[log.metric == "tau"].value
     assert tau.between(t.tau_min * (1 - 1e-6), t.tau_max * (1 + 1e-6)).all()

@@ -27,28 +27,31 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from tau_lab import losses, metrics
 from tau_lab.data import captions
-from tau_lab.data.digits import load_digits
-from tau_lab.tasks import contrastive
-from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
+from tau_lab.tasks import contrastive, reference
+from tau_lab.tasks.base import Schema, StepResult, autograd_step
 from tau_lab.tasks.mlp import init_population, linear, mlp, mlp_module, seeded
 
 PIXELS = 64
 
 
-class Data(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Data(Schema):
     test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share of every class")
     split_seed: int = Field(0, description="seed of the train/test split and of the test captions")
     batch_size: int = Field(128, ge=2, description="image-caption pairs per step")
 
+    @model_validator(mode="after")
+    def _fits(self) -> Data:
+        available = contrastive.digits_train_size(self.test_fraction, self.split_seed)
+        self.batch_size = contrastive.clamp_batch_size(self.batch_size, available, "training images")
+        return self
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class Model(Schema):
     hidden: int = Field(128, ge=1, description="width of the image tower's hidden layer")
     width: int = Field(64, ge=1, description="width of both towers' features (and of the word embeddings)")
     embed_dim: int = Field(32, ge=1, description="width of the joint embedding space")
@@ -87,25 +90,23 @@ def encode_text(params: dict[str, Tensor], bags: Tensor) -> Tensor:
     return linear(torch.bmm(bags, params["text.weight"]), params["text_projection.weight"])
 
 
-class CLIP:
+class CLIP(contrastive.ContrastiveTask):
     """The population: ``MiniCLIP`` parameters stacked over members, ``{name: [K, ...]}``."""
 
     Data, Model, Sweep = Data, Model, Sweep
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
-        self.data, self.device = experiment.data, device
+        super().__init__(experiment, members, device)
         self.vocab = captions.Vocabulary()
-        self.seeds, self.seed_row = member_seeds(members, device)
-        self.params = init_population(self.seeds, lambda: MiniCLIP(len(self.vocab), **experiment.model), self.seed_row)
-        digits = load_digits(self.data["test_fraction"], self.data["split_seed"], device)
+        model = experiment.model.model_dump()
+        self.params = init_population(self.seeds, lambda: MiniCLIP(len(self.vocab), **model), self.seed_row)
+        self.load_digits()
+        self.batch_size = self.data.batch_size
         dtype = torch.get_default_dtype()
-        self.train_x, self.test_x = digits.train_x.to(dtype), digits.test_x.to(dtype)
-        self.train_y, self.test_y = digits.train_y, digits.test_y
-        self.batch_size = min(self.data["batch_size"], len(self.train_x))
         self.bags = captions.bag_table(self.vocab).to(device, dtype)  # [T, 10, S, V]
         noise = torch.tensor([m["caption_noise"] for m in members], device=device)
         self.caption_digit, self.caption_bag = self._captions(noise)  # [K, N_train], [K, N_train, V]
-        g = torch.Generator(device).manual_seed(self.data["split_seed"])
+        g = torch.Generator(device).manual_seed(self.data.split_seed)
         test = captions.draw_captions(len(self.test_y), g)
         self.test_bags = self.bags[test.template, self.test_y, test.synonym]  # [N_test, V]
         self.prompts = {
@@ -130,14 +131,6 @@ class CLIP:
         digit = torch.stack(digits)[self.seed_row, torch.arange(len(noise), device=self.device)]
         return digit, self.bags[torch.stack(template)[self.seed_row], digit, torch.stack(synonym)[self.seed_row]]
 
-    def indices(self, step: int) -> Tensor:
-        """Every member's training pairs at ``step``, ``[K, B]``: drawn once per seed."""
-        draws = [
-            contrastive.draw_batch(len(self.train_x), self.batch_size, contrastive.step_generator(s, step, self.device))
-            for s in self.seeds
-        ]
-        return torch.stack(draws)[self.seed_row]
-
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Images ``[K, B, 64]`` and their captions' bags of words ``[K, B, V]``."""
         idx = self.indices(step)
@@ -147,13 +140,10 @@ class CLIP:
         """The CLIP loss and its gradients by autograd; the image→text similarities with each image's own
         caption first, ``[K, B, B]``, for the hardness metrics."""
         images, bags = batch
-        k = len(images)
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
             u, v = encode_image(p, images), encode_text(p, bags)
-            un, vn = F.normalize(u.detach(), dim=-1), F.normalize(v.detach(), dim=-1)
-            sims = (un @ vn.transpose(1, 2)).gather(2, self.columns.expand(k, -1, -1))
-            return losses.clip_loss(u, v, t), sims
+            return losses.clip_loss(u, v, t), self.similarities(u, v)
 
         return autograd_step(loss_fn, params, tau)
 
@@ -166,25 +156,21 @@ class CLIP:
         b = idx.shape[1]
         return {"false_negative_rate": negatives / (b * (b - 1))}
 
-    def _members(self, x: Tensor) -> Tensor:
-        """Shared inputs ``[N, F]`` as a batch for every member, ``[K, N, F]`` (no copy)."""
-        return x.expand(len(self.seed_row), -1, -1)
-
     def _classes(self, params: dict[str, Tensor], prompts: Tensor) -> Tensor:
         """Class embeddings ``[K, 10, D]``: the mean of the normalised prompt embeddings, renormalised."""
         p, c, v = prompts.shape
-        text = F.normalize(encode_text(params, self._members(prompts.reshape(p * c, v))), dim=-1)
+        text = F.normalize(encode_text(params, self.members(prompts.reshape(p * c, v))), dim=-1)
         return F.normalize(text.reshape(-1, p, c, text.shape[-1]).mean(1), dim=-1)
 
     def embed(self, params: dict[str, Tensor]) -> Tensor:
         """The test images' embeddings, ``[K, N_test, D]``."""
-        return encode_image(params, self._members(self.test_x))
+        return encode_image(params, self.members(self.test_x))
 
     def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Recall@1 both ways, zero-shot accuracy (single prompt, ensemble), alignment, uniformity and
         tolerance, on the test split; each ``[K]``."""
         u = self.embed(params)
-        v = encode_text(params, self._members(self.test_bags))
+        v = encode_text(params, self.members(self.test_bags))
         out = contrastive.geometry(u, self.test_y, (u, v))
         out["recall_i2t"] = metrics.recall_at_1(u, v, self.test_y, self.test_y)
         out["recall_t2i"] = metrics.recall_at_1(v, u, self.test_y, self.test_y)
@@ -199,25 +185,25 @@ class CLIP:
         """Parameters and optimizer state, and the larger of the step's activations (about three copies of
         the towers' outputs and four of the B × B similarities) and the evaluation's (the towers' outputs
         for every digit)."""
-        m, b = experiment.model, experiment.data["batch_size"]
+        m, b = experiment.model, experiment.data.batch_size
         vocab = len(captions.Vocabulary())
-        step = 3 * b * (m["hidden"] + 2 * m["width"] + 2 * m["embed_dim"] + vocab) + 4 * b * b
-        evaluation = 1797 * (m["hidden"] + 2 * m["width"] + 2 * m["embed_dim"] + vocab)
-        return contrastive.member_bytes(MiniCLIP(vocab, **m), max(step, evaluation))
+        step = 3 * b * (m.hidden + 2 * m.width + 2 * m.embed_dim + vocab) + 4 * b * b
+        evaluation = 1797 * (m.hidden + 2 * m.width + 2 * m.embed_dim + vocab)
+        return contrastive.member_bytes(MiniCLIP(vocab, **m.model_dump()), max(step, evaluation))
 
 
-def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module, Tensor, list[float]]:
+def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
     """One member trained alone: a ``MiniCLIP`` and ``torch.optim`` on the member's own pairs, with the loss
     as CLIP's paper writes it (``logits = û v̂ᵀ / τ``, the mean of the row and column cross-entropies)."""
     task = CLIP(experiment, [member], torch.device("cpu"))
-    model = seeded(member["seed"], lambda: MiniCLIP(len(task.vocab), **experiment.model))
+    model = seeded(member["seed"], lambda: MiniCLIP(len(task.vocab), **experiment.model.model_dump()))
     labels = torch.arange(task.batch_size)
 
-    def loss_fn(net: nn.Module, tau: Tensor | float, step: int) -> Tensor:
+    def loss_fn(net: nn.Module, tau: Tensor, step: int) -> Tensor:
         images, bags = task.batch(step)
         u = F.normalize(net.encode_image(images[0]), dim=-1)
         v = F.normalize(net.encode_text(bags[0]), dim=-1)
         logits = u @ v.T / tau
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
-    return contrastive.train_reference(experiment, member, model, loss_fn)
+    return reference.train_reference(experiment, member, model, loss_fn)

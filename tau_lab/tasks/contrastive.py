@@ -1,30 +1,33 @@
 """What the contrastive tasks (``simclr``, ``clip``, ``pairs``) share.
 
 - ``Sweep``: τ, its mode and seeds, plus the temperature's own learning rate and weight decay per member;
-- ``step_generator``, ``draw_batch``: the random stream of one seed at one step, and a batch drawn from it;
+- ``clamp_batch_size``: a batch larger than the training set is cut to it, with one warning line;
+- ``ContrastiveTask``: the base of the three: per-seed draws of the step's batch, the digits split, the
+  similarity rows with the positive first, the shared inputs of evaluation;
 - ``geometry``: alignment, uniformity and tolerance of embeddings, in member chunks that fit memory;
-- ``train_reference``: one member trained alone with ``torch.optim``, the oracle of the population;
 - ``member_bytes``: the memory estimate behind the engine's chunking.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
 from torch import Tensor, nn
 
-from tau_lab import config, metrics
-from tau_lab.temperature import SCHEDULES, scheduled_tau
+from tau_lab import metrics
+from tau_lab.data.digits import load_digits
+from tau_lab.tasks.base import Sweep as BaseSweep
+from tau_lab.tasks.base import TaskBase, member_seeds, warn
 
 PAIR_METRIC_BYTES = 2**28  # memory for the [members, pairs, D] tensors of uniformity and tolerance
 
 
-class Sweep(config.Sweep):
+class Sweep(BaseSweep):
     """The grid of a contrastive task.
 
     ``tau_lr`` and ``tau_weight_decay``, when given, are axes of the grid: the learning rate and weight decay
@@ -45,6 +48,20 @@ class Sweep(config.Sweep):
         return {axis: values for axis, values in handler(self).items() if values is not None}
 
 
+def clamp_batch_size(batch_size: int, available: int, what: str) -> int:
+    """``batch_size``, or ``available`` with one warning line when the batch is larger: a batch draws without
+    replacement. Schemas call it, so that the recorded config holds the size used."""
+    if batch_size <= available:
+        return batch_size
+    warn(f"data.batch_size = {batch_size} is larger than the {available} {what}: using batch_size = {available}")
+    return available
+
+
+def digits_train_size(test_fraction: float, split_seed: int) -> int:
+    """Training images of the digits split (``load_digits``)."""
+    return len(load_digits(test_fraction, split_seed).train_y)
+
+
 def step_generator(seed: int, step: int, device: torch.device) -> torch.Generator:
     """The random stream of ``seed`` at ``step``.
 
@@ -58,6 +75,53 @@ def step_generator(seed: int, step: int, device: torch.device) -> torch.Generato
 def draw_batch(n: int, size: int, generator: torch.Generator) -> Tensor:
     """``size`` distinct indices of ``0..n-1``, uniformly at random: ``[size]``."""
     return torch.randperm(n, generator=generator, device=generator.device)[:size]
+
+
+class ContrastiveTask(TaskBase):
+    """The base of the contrastive tasks.
+
+    Subclasses set ``n_train`` and ``batch_size`` (and, for ``similarities``, ``columns``:
+    ``losses.positive_first`` of their batch) before they draw.
+    """
+
+    n_train: int
+    batch_size: int
+    columns: Tensor  # [N, N] or [N, N - 1]: the rows of a similarity matrix reordered positive first
+
+    def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
+        self.data, self.device = experiment.data, device
+        self.seeds, self.seed_row = member_seeds(members, device)
+
+    def load_digits(self) -> None:
+        """The digits split of ``data.test_fraction`` and ``data.split_seed``, images in the default dtype:
+        ``train_x [N, 64]``, ``train_y [N]``, ``test_x``, ``test_y``."""
+        digits = load_digits(self.data.test_fraction, self.data.split_seed, self.device)
+        dtype = torch.get_default_dtype()
+        self.train_x, self.test_x = digits.train_x.to(dtype), digits.test_x.to(dtype)
+        self.train_y, self.test_y = digits.train_y, digits.test_y
+        self.n_train = len(self.train_x)
+
+    def draw(self, seed: int, step: int) -> Tensor:
+        """Seed ``seed``'s batch at ``step``: ``[B]`` distinct training indices."""
+        return draw_batch(self.n_train, self.batch_size, step_generator(seed, step, self.device))
+
+    def indices(self, step: int) -> Tensor:
+        """Every member's training indices at ``step``, ``[K, B]``: drawn once per seed, shared by its members."""
+        return torch.stack([self.draw(s, step) for s in self.seeds])[self.seed_row]
+
+    def positive_first(self, sims: Tensor) -> Tensor:
+        """``[K, N, N]`` similarities → each row ``[s_positive, s_negatives…]`` (``columns``)."""
+        return sims.gather(2, self.columns.expand(len(sims), -1, -1))
+
+    def similarities(self, u: Tensor, v: Tensor) -> Tensor:
+        """Cosine similarities of ``u`` to ``v`` (``[K, B, D]``, row i of v is u_i's positive), positive first,
+        ``[K, B, B]``, out of the graph: what the hardness metrics read."""
+        un, vn = F.normalize(u.detach(), dim=-1), F.normalize(v.detach(), dim=-1)
+        return self.positive_first(un @ vn.transpose(1, 2))
+
+    def members(self, x: Tensor) -> Tensor:
+        """Shared inputs ``[N, F]`` as a batch for every member, ``[K, N, F]`` (no copy)."""
+        return x.expand(len(self.seed_row), -1, -1)
 
 
 def _by_member(fn: Callable[..., Tensor], x: Tensor, *args: Tensor) -> Tensor:
@@ -82,56 +146,8 @@ def geometry(z: Tensor, labels: Tensor | None, positives: tuple[Tensor, Tensor])
     return out
 
 
-def train_reference(
-    experiment: Any,
-    member: dict[str, Any],
-    model: nn.Module,
-    loss_fn: Callable[[nn.Module, Tensor | float, int], Tensor],
-) -> tuple[nn.Module, Tensor, list[float]]:
-    """One member trained alone, as a plain script writes it: ``model`` (built from the member's seed),
-    ``torch.optim`` and CLIP's ``logit_scale``, one Python step at a time.
-
-    ``loss_fn(model, tau, step)`` returns the loss of the member's batch at ``step``. Returns the trained
-    model, its ``logit_scale`` and the loss per step. The oracle of the population's equivalence tests and
-    the sequential baseline of ``benchmarks/bench_contrastive.py``.
-    """
-    opt, t = experiment.optimizer, experiment.temperature
-    mode = member["tau_mode"]
-    logit_scale = nn.Parameter(torch.tensor(math.log(1 / member["tau_init"])))
-    groups: list[dict[str, Any]] = [{"params": list(model.parameters()), "weight_decay": opt.weight_decay}]
-    if mode == "learnable":
-        tau_wd = member.get("tau_weight_decay")
-        groups.append(
-            {
-                "params": [logit_scale],
-                "lr": member.get("tau_lr") or opt.tau_lr or opt.lr,
-                "weight_decay": opt.tau_weight_decay if tau_wd is None else tau_wd,
-            }
-        )
-    if opt.name == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=opt.lr)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=opt.lr, betas=opt.betas, eps=opt.eps)
-    losses = []
-    for step in range(experiment.steps):
-        if mode == "learnable":
-            tau: Tensor | float = torch.exp(-logit_scale)
-        elif mode in SCHEDULES:
-            tau = scheduled_tau(mode, step, t.tau_min, t.tau_max, t.period)
-        else:
-            tau = member["tau_init"]
-        loss = loss_fn(model, tau, step)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if mode == "learnable":
-            with torch.no_grad():
-                logit_scale.clamp_(math.log(1 / t.tau_max), math.log(1 / t.tau_min))
-        losses.append(loss.item())
-    return model, logit_scale.detach(), losses
-
-
 def member_bytes(model: nn.Module, activations: int) -> int:
     """Float32 bytes of one member: the parameters of ``model`` with their gradients and AdamW's two
     moments, and ``activations`` numbers alive at the peak of a step or an evaluation."""
     return 4 * (4 * sum(p.numel() for p in model.parameters()) + activations)
+

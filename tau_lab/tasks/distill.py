@@ -25,32 +25,31 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from tau_lab import config, metrics
+from tau_lab import metrics
 from tau_lab.checks import check_unit_interval
 from tau_lab.data.digits import load_digits
 from tau_lab.losses import KDLoss, kd_loss, scaled_cross_entropy
-from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
+from tau_lab.tasks import base, reference
+from tau_lab.tasks.base import Schema, StepResult, TaskBase, autograd_step, member_seeds
 from tau_lab.tasks.mlp import init_population, mlp, mlp_module, seeded
 from tau_lab.teacher import CLASSES, PIXELS, TeacherSpec, load_teacher
 
 
-class Data(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Data(Schema):
     test_fraction: float = Field(0.25, gt=0, lt=1, description="stratified test split of the 1797 digits")
     split_seed: int = Field(0, description="seed of the train/test split (the teacher's too)")
     batch_size: int = Field(128, gt=0)
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Model(Schema):
     hidden: int = Field(16, ge=1, description="width of the student's hidden layer")
     teacher: TeacherSpec = TeacherSpec()
 
 
-class Sweep(config.Sweep):
+class Sweep(base.Sweep):
     alpha: list[float] = Field(
         [0.9], min_length=1, description="α weights the distillation term: loss = α·T²·KL + (1 − α)·CE (seed 002)"
     )
@@ -131,7 +130,7 @@ def kd_parts(logits: Tensor, batch: Batch, T: Tensor, alpha: Tensor, t2_scaling:
 # ----------------------------------------------------------------------------- the population
 
 
-class Distill:
+class Distill(TaskBase):
     """The population: students stacked as ``student.0.weight [K, h, 64]``, ``student.0.bias [K, h]``,
     ``student.2.weight [K, 10, h]``, ``student.2.bias [K, 10]``."""
 
@@ -139,27 +138,28 @@ class Distill:
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
         data, model = experiment.data, experiment.model
-        digits = load_digits(data["test_fraction"], data["split_seed"])
-        teacher = load_teacher(TeacherSpec(**model["teacher"]), data["test_fraction"], data["split_seed"])
-        self.teacher = teacher.model.to(device)
+        digits = load_digits(data.test_fraction, data.split_seed)
+        teacher = load_teacher(model.teacher, data.test_fraction, data.split_seed)
+        dtype = torch.get_default_dtype()  # float64 in the equivalence tests
+        self.teacher = teacher.model.to(device, dtype)
         self.teacher_accuracy = teacher.test_accuracy
         seeds, self.seed_row = member_seeds(members, device)
         self.params = init_population(
-            seeds, lambda: nn.ModuleDict({"student": mlp_module([PIXELS, model["hidden"], CLASSES])}), self.seed_row
+            seeds, lambda: nn.ModuleDict({"student": mlp_module([PIXELS, model.hidden, CLASSES])}), self.seed_row
         )
 
-        self.train_x, self.train_y = digits.train_x.to(device), digits.train_y.to(device)
-        self.test_x, self.test_y = digits.test_x.to(device), digits.test_y.to(device)
+        self.train_x, self.train_y = digits.train_x.to(device, dtype), digits.train_y.to(device)
+        self.test_x, self.test_y = digits.test_x.to(device, dtype), digits.test_y.to(device)
         with torch.no_grad():
             self.test_teacher = self.teacher(self.test_x)  # [N_test, 10]
-        drawn = [seed_data(s, digits.train_y, experiment.steps, data["batch_size"]) for s in seeds]
+        drawn = [seed_data(s, digits.train_y, experiment.steps, data.batch_size) for s in seeds]
         rank = torch.stack([r for r, _ in drawn]).to(device)  # [S, N]
         self.index = torch.stack([i for _, i in drawn], 1).to(device)  # [steps + 1, S, B], step-major
 
         def column(key: str, dtype: torch.dtype) -> Tensor:
             return torch.tensor([m[key] for m in members], dtype=dtype, device=device)
 
-        self.alpha = column("alpha", torch.float32)
+        self.alpha = column("alpha", dtype)
         self.t2_scaling = column("t2_scaling", torch.bool)
         self.labeled = labeled_mask(rank[self.seed_row], self.train_y, column("labeled_fraction", torch.float32))
 
@@ -172,15 +172,12 @@ class Distill:
         return Batch(x[rows], teacher[rows], self.train_y[index][rows], self.labeled.gather(1, index[rows]).float())
 
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: Batch) -> StepResult:
-        """Loss ``[K]``, gradients by autograd, and ``∂L/∂T`` (for learnable and ctkd members).
-
-        ``params`` also holds the engine's ``logit_scale``; only the students' own are differentiated.
-        """
+        """Loss ``[K]``, gradients by autograd, and ``∂L/∂T`` (for learnable and ctkd members)."""
 
         def loss(p: dict[str, Tensor], T: Tensor) -> tuple[Tensor, None]:
             return kd_parts(student_logits(p, batch.x), batch, T, self.alpha, self.t2_scaling).total, None
 
-        return autograd_step(loss, {n: params[n] for n in self.params}, tau)
+        return autograd_step(loss, params, tau)
 
     def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
         """Both parts of the loss and the gradient norm of each, with respect to the student's logits
@@ -220,9 +217,6 @@ class Distill:
             "teacher_accuracy": torch.full((k,), self.teacher_accuracy, device=logits.device),
         }
 
-    def embed(self, params: dict[str, Tensor]) -> None:
-        return None
-
     @staticmethod
     def summarize(members: pd.DataFrame) -> dict[str, pd.DataFrame]:
         """``summary_tables``: what ``tau-lab sweep`` prints after the members table."""
@@ -232,7 +226,7 @@ class Distill:
     def member_bytes(experiment: Any) -> int:
         """One member's float32 memory: weights with gradients and two AdamW states, and the
         step's activations (inputs, hidden layer, logits and their softmax intermediates)."""
-        h, b = experiment.model["hidden"], experiment.data["batch_size"]
+        h, b = experiment.model.hidden, experiment.data.batch_size
         weights = (PIXELS + 1) * h + (h + 1) * CLASSES
         return 4 * (4 * weights + b * (2 * PIXELS + 4 * h + 12 * CLASSES))
 
@@ -240,44 +234,31 @@ class Distill:
 # ----------------------------------------------------------------------------- the user's loop
 
 
-def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Sequential, list[float]]:
-    """One fixed-T member trained alone, as a user writes it: ``nn.Module`` student, ``torch.optim``,
-    the teacher run on every batch, the loss in seed 002's words (``F.kl_div`` · T², ``F.cross_entropy``).
+def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
+    """One member trained alone, as a user writes it: ``nn.Module`` student, ``torch.optim``, the teacher
+    run on every batch, the loss in seed 002's words (``F.kl_div`` · T², ``F.cross_entropy``). The baseline
+    of ``benchmarks/bench_distill.py``."""
+    data = experiment.data
+    digits = load_digits(data.test_fraction, data.split_seed)
+    dtype = torch.get_default_dtype()
+    teacher = load_teacher(experiment.model.teacher, data.test_fraction, data.split_seed).model.to(dtype)
+    student = make_student(member["seed"], experiment.model.hidden)
+    rank, index = seed_data(member["seed"], digits.train_y, experiment.steps, data.batch_size)
+    labeled = labeled_mask(rank, digits.train_y, torch.tensor(member["labeled_fraction"], dtype=torch.float32))
+    alpha = member["alpha"]
 
-    The baseline of ``benchmarks/bench_distill.py`` and the oracle of the population's equivalence
-    test. Returns the student and its loss per step.
-    """
-    if member["tau_mode"] != "fixed":
-        raise ValueError(f"tau_mode = {member['tau_mode']!r}: the reference loop trains fixed-T members only")
-    data, opt = experiment.data, experiment.optimizer
-    digits = load_digits(data["test_fraction"], data["split_seed"])
-    teacher = load_teacher(TeacherSpec(**experiment.model["teacher"]), data["test_fraction"], data["split_seed"])
-    student = make_student(member["seed"], experiment.model["hidden"])
-    if opt.name == "sgd":
-        optimizer = torch.optim.SGD(student.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(
-            student.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=opt.weight_decay
-        )
-    rank, index = seed_data(member["seed"], digits.train_y, experiment.steps, data["batch_size"])
-    labeled = labeled_mask(rank, digits.train_y, torch.tensor(member["labeled_fraction"]))
-    T, alpha = member["tau_init"], member["alpha"]
-    losses = []
-    for step in range(experiment.steps):
-        x, y, m = digits.train_x[index[step]], digits.train_y[index[step]], labeled[index[step]]
+    def loss_fn(net: nn.Module, T: Tensor, step: int) -> Tensor:
+        x, y, m = digits.train_x[index[step]].to(dtype), digits.train_y[index[step]], labeled[index[step]]
         with torch.no_grad():
-            teacher_logits = teacher.model(x)
-        logits = student(x)
+            teacher_logits = teacher(x)
+        logits = net(x)
         soft = F.kl_div(F.log_softmax(logits / T, dim=1), F.softmax(teacher_logits / T, dim=1), reduction="batchmean")
         if member["t2_scaling"]:
             soft = soft * T * T
         hard = F.cross_entropy(logits[m], y[m]) if m.any() else logits.sum() * 0
-        loss = alpha * soft + (1 - alpha) * hard
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return student, losses
+        return alpha * soft + (1 - alpha) * hard
+
+    return reference.train_reference(experiment, member, student, loss_fn)
 
 
 # ----------------------------------------------------------------------------- reading a members table

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tau_lab.tasks.common import stack_modules
+from tau_lab.tasks.base import stack_modules
 
 
 def mlp_module(sizes: Sequence[int]) -> nn.Sequential:
@@ -45,7 +45,7 @@ def init_population(seeds: Sequence[int], build: Callable[[], nn.Module], row: T
     Args:
         seeds: the distinct seeds; the module of seed i is built under ``torch.manual_seed(seeds[i])``.
         build: makes the module (the same architecture for every seed).
-        row: ``[K]`` each member's index into ``seeds`` (``tasks.common.member_seeds``).
+        row: ``[K]`` each member's index into ``seeds`` (``tasks.base.member_seeds``).
     """
     modules = [seeded(s, build) for s in seeds]
     stacked = stack_modules(modules, {name: name for name, _ in modules[0].named_parameters()})

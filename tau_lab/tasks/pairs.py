@@ -20,14 +20,14 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
 from tau_lab import losses, metrics
 from tau_lab.data.pairs import Pairs, load_pairs, split
-from tau_lab.tasks import contrastive
-from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
-from tau_lab.tasks.mlp import init_population, mlp, mlp_module
+from tau_lab.tasks import contrastive, reference
+from tau_lab.tasks.base import Schema, StepResult, autograd_step
+from tau_lab.tasks.mlp import init_population, mlp, mlp_module, seeded
 
 
 @functools.lru_cache(maxsize=2)
@@ -45,8 +45,7 @@ def read(path: str) -> Pairs:
     return _read(path, str(file.resolve()), (stat.st_mtime_ns, stat.st_size))
 
 
-class Data(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Data(Schema):
     path: str = Field(description="the .npz file (arrays a, b, optional labels), relative to the working directory")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the pairs (of every class)")
     split_seed: int = Field(0, description="seed of the train/test split")
@@ -63,9 +62,15 @@ class Data(BaseModel):
             raise ValueError(str(err).removeprefix(f"{path}: ")) from None
         return path
 
+    @model_validator(mode="after")
+    def _fits(self) -> Data:
+        pairs = read(self.path)
+        available = int((~split(len(pairs.a), pairs.labels, self.test_fraction, self.split_seed)).sum())
+        self.batch_size = contrastive.clamp_batch_size(self.batch_size, available, "training pairs")
+        return self
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class Model(Schema):
     loss: Literal["clip", "info_nce"] = Field("clip", description="symmetric CLIP loss, or InfoNCE from a to b")
     hidden: int = Field(0, ge=0, description="hidden width of the heads; 0 makes them linear")
     dim: int = Field(32, ge=1, description="width of the joint embedding space")
@@ -85,38 +90,33 @@ def _standardize(x: Tensor, train: Tensor) -> Tensor:
     return (x - x[train].mean(0)) / x[train].std(0).clamp_min(1e-6)  # a constant column stays 0, not NaN
 
 
-class PairsTask:
+class PairsTask(contrastive.ContrastiveTask):
     """The population: ``Heads`` parameters stacked over members, ``{name: [K, ...]}``."""
 
     Data, Model, Sweep = Data, Model, contrastive.Sweep
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
-        self.data, self.device = experiment.data, device
-        self.loss = experiment.model["loss"]
-        self.layers = 2 if experiment.model["hidden"] else 1
-        pairs = read(self.data["path"])
-        test = split(len(pairs.a), pairs.labels, self.data["test_fraction"], self.data["split_seed"])
+        super().__init__(experiment, members, device)
+        model = experiment.model
+        self.loss, self.layers, self.widths = model.loss, 2 if model.hidden else 1, (model.hidden, model.dim)
+        pairs = read(self.data.path)
+        test = split(len(pairs.a), pairs.labels, self.data.test_fraction, self.data.split_seed)
         a, b = pairs.a, pairs.b
-        if self.data["standardize"]:
+        if self.data.standardize:
             a, b = _standardize(a, ~test), _standardize(b, ~test)
         dtype = torch.get_default_dtype()
         a, b, test = a.to(device, dtype), b.to(device, dtype), test.to(device)
         self.train_a, self.train_b, self.test_a, self.test_b = a[~test], b[~test], a[test], b[test]
         self.test_labels = None if pairs.labels is None else pairs.labels.to(device)[test]
-        self.batch_size = min(self.data["batch_size"], len(self.train_a))
-        self.seeds, self.seed_row = member_seeds(members, device)
-        heads = {"d_a": a.shape[1], "d_b": b.shape[1], **experiment.model}
-        heads.pop("loss")
-        self.params = init_population(self.seeds, lambda: Heads(**heads), self.seed_row)
+        self.n_train, self.batch_size = len(self.train_a), self.data.batch_size
+        self.params = init_population(
+            self.seeds, lambda: Heads(a.shape[1], b.shape[1], *self.widths), self.seed_row
+        )
         self.columns = losses.positive_first(self.batch_size, views=False, device=device)
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Every member's training pairs, ``a [K, B, d_a]`` and ``b [K, B, d_b]``: drawn once per seed."""
-        draws = [
-            contrastive.draw_batch(len(self.train_a), self.batch_size, contrastive.step_generator(s, step, self.device))
-            for s in self.seeds
-        ]
-        idx = torch.stack(draws)[self.seed_row]
+        idx = self.indices(step)
         return self.train_a[idx], self.train_b[idx]
 
     def _encode(self, params: dict[str, Tensor], a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -124,24 +124,18 @@ class PairsTask:
 
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: tuple[Tensor, Tensor]) -> StepResult:
         """The loss and its gradients by autograd; the a→b similarities with each partner first, ``[K, B, B]``."""
-        k = len(batch[0])
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
             u, v = self._encode(p, *batch)
-            un, vn = F.normalize(u.detach(), dim=-1), F.normalize(v.detach(), dim=-1)
-            sims = (un @ vn.transpose(1, 2)).gather(2, self.columns.expand(k, -1, -1))
+            sims = self.similarities(u, v)
             if self.loss == "clip":
                 return losses.clip_loss(u, v, t), sims
             return losses.info_nce(u, v, t, target=torch.arange(u.shape[1], device=u.device)), sims
 
         return autograd_step(loss_fn, params, tau)
 
-    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
-        return {}
-
     def _test(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        k = len(self.seed_row)
-        return self._encode(params, self.test_a.expand(k, -1, -1), self.test_b.expand(k, -1, -1))
+        return self._encode(params, self.members(self.test_a), self.members(self.test_b))
 
     def embed(self, params: dict[str, Tensor]) -> Tensor:
         """The test pairs' ``a`` embeddings, ``[K, N_test, D]``."""
@@ -159,8 +153,26 @@ class PairsTask:
     def member_bytes(experiment: Any) -> int:
         """Parameters and optimizer state, and the larger of the step's activations (about three copies of the
         inputs and the heads' outputs, four of the B × B similarities) and the evaluation's (every pair)."""
-        pairs = read(experiment.data["path"])
-        m, b = experiment.model, experiment.data["batch_size"]
-        width = pairs.a.shape[1] + pairs.b.shape[1] + 2 * (m["hidden"] + m["dim"])
-        heads = Heads(pairs.a.shape[1], pairs.b.shape[1], m["hidden"], m["dim"])
+        pairs = read(experiment.data.path)
+        m, b = experiment.model, experiment.data.batch_size
+        width = pairs.a.shape[1] + pairs.b.shape[1] + 2 * (m.hidden + m.dim)
+        heads = Heads(pairs.a.shape[1], pairs.b.shape[1], m.hidden, m.dim)
         return contrastive.member_bytes(heads, max(3 * b * width + 4 * b * b, len(pairs.a) * width))
+
+
+def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
+    """One member trained alone: ``Heads`` and ``torch.optim`` on the member's own pairs, the loss as the
+    papers write it (``logits = û v̂ᵀ / τ``; CLIP: the mean of the row and column cross-entropies, InfoNCE:
+    the rows only)."""
+    task = PairsTask(experiment, [member], torch.device("cpu"))
+    model = seeded(member["seed"], lambda: Heads(task.train_a.shape[1], task.train_b.shape[1], *task.widths))
+    labels = torch.arange(task.batch_size)
+
+    def loss_fn(net: nn.Module, tau: Tensor, step: int) -> Tensor:
+        a, b = task.batch(step)
+        logits = F.normalize(net.a(a[0]), dim=-1) @ F.normalize(net.b(b[0]), dim=-1).T / tau
+        if task.loss == "info_nce":
+            return F.cross_entropy(logits, labels)
+        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+    return reference.train_reference(experiment, member, model, loss_fn)

@@ -12,37 +12,34 @@ of the step.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 
 from tau_lab import metrics
-from tau_lab.config import Sweep
-from tau_lab.tasks.common import StepResult, member_seeds, stack_modules
+from tau_lab.tasks import reference
+from tau_lab.tasks.base import Schema, StepResult, Sweep, TaskBase, member_seeds, stack_modules
 
 COS_EPS = 1e-8  # F.cosine_similarity's eps
 
 
-class Data(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Data(Schema):
     points_per_quadrant: int = Field(25, ge=2)
     negatives: int = Field(3, ge=1)
     data_seed: int = 0
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Model(Schema):
     hidden: int = Field(10, ge=1)
 
 
-def make_points(data: dict[str, Any]) -> tuple[Tensor, Tensor]:
+def make_points(data: Data) -> tuple[Tensor, Tensor]:
     """The seed's points: ``torch.rand(n, 2)`` shifted into quadrants 0..3. Returns ``[4n, 2]``, ``[4n]``."""
-    n = data["points_per_quadrant"]
-    g = torch.Generator().manual_seed(data["data_seed"])
+    n = data.points_per_quadrant
+    g = torch.Generator().manual_seed(data.data_seed)
     points = torch.rand(4 * n, 2, generator=g)
     points[n : 2 * n, 0] -= 1
     points[2 * n : 3 * n, :] -= 1
@@ -58,9 +55,9 @@ def make_encoder(seed: int, hidden: int) -> nn.Sequential:
         return nn.Sequential(nn.Linear(2, hidden, bias=False), nn.Linear(hidden, 2, bias=False), nn.Tanh())
 
 
-def draw_indices(seed: int, steps: int, data: dict[str, Any]) -> Tensor:
+def draw_indices(seed: int, steps: int, data: Data) -> Tensor:
     """Point indices of every step, ``[steps, 2 + negatives]``: anchor, positive, negatives."""
-    n, k = data["points_per_quadrant"], data["negatives"]
+    n, k = data.points_per_quadrant, data.negatives
     g = torch.Generator().manual_seed(seed)
     quadrant = torch.randint(0, 4, (steps, 1), generator=g)
     anchor = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
@@ -70,14 +67,14 @@ def draw_indices(seed: int, steps: int, data: dict[str, Any]) -> Tensor:
     return torch.cat([anchor, positive, negative], dim=1)
 
 
-class Quadrants:
+class Quadrants(TaskBase):
     """The population: encoder weights stacked as ``w1 [K, hidden, 2]``, ``w2 [K, 2, hidden]``."""
 
     Data, Model, Sweep = Data, Model, Sweep
     embedding_dim = 2
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
-        self.data, hidden = experiment.data, experiment.model["hidden"]
+        self.data, hidden = experiment.data, experiment.model.hidden
         self.points, self.labels = (t.to(device) for t in make_points(self.data))
         seeds, self.seed_row = member_seeds(members, device)
         stacked = stack_modules([make_encoder(s, hidden) for s in seeds], {"0.weight": "w1", "1.weight": "w2"})
@@ -119,9 +116,6 @@ class Quadrants:
         grad_tau = -(dlogits * s).sum(-1) / tau**2
         return StepResult(loss, grads, grad_tau, s)
 
-    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
-        return {}
-
     def embed(self, params: dict[str, Tensor]) -> Tensor:
         """All points through every member's encoder, ``[K, N, 2]``."""
         return torch.tanh(self.points @ params["w1"].transpose(1, 2) @ params["w2"].transpose(1, 2))
@@ -143,45 +137,24 @@ class Quadrants:
     @staticmethod
     def member_bytes(experiment: Any) -> int:
         """Memory of one member: weights, gradients and two optimizer states, float32."""
-        return 4 * 4 * 4 * experiment.model["hidden"]
+        return 4 * 4 * 4 * experiment.model.hidden
 
 
-def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module, Tensor, list[float]]:
-    """One member trained alone, written as seed 001 writes it: an ``nn.Module``, ``torch.optim``,
-    one Python step at a time. Returns the encoder, its ``logit_scale`` and the loss per step.
+def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
+    """One member trained alone, as the study's original script writes it: the encoder as an ``nn.Module``,
+    ``F.cosine_similarity`` and ``nn.CrossEntropyLoss``, ``torch.optim``, one Python step at a time, on the
+    population's stream of points. The baseline of ``make bench``."""
+    samples, _ = make_points(experiment.data)
+    encoder = make_encoder(member["seed"], experiment.model.hidden)
+    index = draw_indices(member["seed"], experiment.steps + 1, experiment.data)
+    cross_entropy = nn.CrossEntropyLoss()
 
-    This is the baseline of ``make bench`` and the oracle of the population's equivalence test.
-    """
-    data, opt_cfg, t_cfg = experiment.data, experiment.optimizer, experiment.temperature
-    samples, _ = make_points(data)
-    encoder = make_encoder(member["seed"], experiment.model["hidden"])
-    logit_scale = nn.Parameter(torch.tensor(math.log(1 / member["tau_init"])))
-    learnable = member["tau_mode"] == "learnable"
-    groups = [{"params": encoder.parameters(), "weight_decay": opt_cfg.weight_decay}]
-    if learnable:
-        groups.append(
-            {"params": [logit_scale], "lr": opt_cfg.tau_lr or opt_cfg.lr, "weight_decay": opt_cfg.tau_weight_decay}
-        )
-    if opt_cfg.name == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=opt_cfg.lr)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=opt_cfg.lr, betas=opt_cfg.betas, eps=opt_cfg.eps)
-    loss_fn = nn.CrossEntropyLoss()
-    index = draw_indices(member["seed"], experiment.steps + 1, data)  # the population's stream
-    losses = []
-    for step in range(experiment.steps):
+    def loss_fn(net: nn.Module, tau: Tensor, step: int) -> Tensor:
         anchor, positive, negatives = samples[index[step, 0:1]], samples[index[step, 1:2]], samples[index[step, 2:]]
-        anchor_feature = encoder(anchor)
-        positive_sim = F.cosine_similarity(anchor_feature, encoder(positive))
-        negative_sim = F.cosine_similarity(anchor_feature, encoder(negatives))
-        tau = torch.exp(-logit_scale) if learnable else member["tau_init"]
+        anchor_feature = net(anchor)
+        positive_sim = F.cosine_similarity(anchor_feature, net(positive))
+        negative_sim = F.cosine_similarity(anchor_feature, net(negatives))
         sims = torch.cat([positive_sim, negative_sim]) / tau
-        loss = loss_fn(sims.unsqueeze(0), torch.zeros(1, dtype=torch.long))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if learnable:
-            with torch.no_grad():
-                logit_scale.clamp_(math.log(1 / t_cfg.tau_max), math.log(1 / t_cfg.tau_min))
-        losses.append(loss.item())
-    return encoder, logit_scale.detach(), losses
+        return cross_entropy(sims.unsqueeze(0), torch.zeros(1, dtype=torch.long))
+
+    return reference.train_reference(experiment, member, encoder, loss_fn)

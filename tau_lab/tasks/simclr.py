@@ -21,21 +21,19 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from tau_lab import losses, metrics
 from tau_lab.data.augment import Augment, augment
-from tau_lab.data.digits import load_digits
-from tau_lab.tasks import contrastive
-from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
+from tau_lab.tasks import contrastive, reference
+from tau_lab.tasks.base import Schema, StepResult, autograd_step
 from tau_lab.tasks.mlp import init_population, mlp, mlp_module, seeded
 
 PIXELS = 64
 
 
-class Data(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Data(Schema):
     test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share of every class")
     split_seed: int = Field(0, description="seed of the train/test split and of the test views")
     batch_size: int = Field(128, ge=2, description="images per step (2B views)")
@@ -44,9 +42,14 @@ class Data(BaseModel):
     probe_steps: int = Field(100, ge=1, description="full-batch Adam steps of the linear probe")
     probe_lr: float = Field(0.05, gt=0, description="learning rate of the linear probe")
 
+    @model_validator(mode="after")
+    def _fits(self) -> Data:
+        available = contrastive.digits_train_size(self.test_fraction, self.split_seed)
+        self.batch_size = contrastive.clamp_batch_size(self.batch_size, available, "training images")
+        return self
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+
+class Model(Schema):
     hidden: int = Field(128, ge=1, description="width of the encoder's hidden layer")
     features: int = Field(64, ge=1, description="width of the representation h (and of the head's hidden layer)")
     projection: int = Field(32, ge=1, description="width of the embedding z of the loss")
@@ -74,30 +77,26 @@ def project(params: dict[str, Tensor], h: Tensor) -> Tensor:
     return mlp(h, params, "head", 2)
 
 
-class SimCLR:
+class SimCLR(contrastive.ContrastiveTask):
     """The population: ``Network`` parameters stacked over members, ``{name: [K, ...]}``."""
 
     Data, Model, Sweep = Data, Model, contrastive.Sweep
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
-        self.data, self.device = experiment.data, device
-        self.settings = Augment(**self.data["augment"])
-        self.seeds, self.seed_row = member_seeds(members, device)
-        self.params = init_population(self.seeds, lambda: Network(**experiment.model), self.seed_row)
-        digits = load_digits(self.data["test_fraction"], self.data["split_seed"], device)
-        dtype = torch.get_default_dtype()
-        self.train_x, self.test_x = digits.train_x.to(dtype), digits.test_x.to(dtype)
-        self.train_y, self.test_y = digits.train_y, digits.test_y
-        self.batch_size = min(self.data["batch_size"], len(self.train_x))
-        g = torch.Generator(device).manual_seed(self.data["split_seed"])
-        self.test_views = augment(self.test_x.expand(2, -1, -1), g, self.settings)  # [2, N_test, 64]
+        super().__init__(experiment, members, device)
+        self.params = init_population(self.seeds, lambda: Network(**experiment.model.model_dump()), self.seed_row)
+        self.load_digits()
+        self.batch_size = self.data.batch_size
+        g = torch.Generator(device).manual_seed(self.data.split_seed)
+        self.test_views = augment(self.test_x.expand(2, -1, -1), g, self.data.augment)  # [2, N_test, 64]
         self.columns = losses.positive_first(2 * self.batch_size, views=True, device=device)
 
     def views(self, seed: int, step: int) -> Tensor:
-        """Seed ``seed``'s two views of its batch at ``step``: ``[2, B, 64]``."""
+        """Seed ``seed``'s two views of its batch at ``step``: ``[2, B, 64]`` (the augmentations continue the
+        stream of the draw)."""
         g = contrastive.step_generator(seed, step, self.device)
-        x = self.train_x[contrastive.draw_batch(len(self.train_x), self.batch_size, g)]
-        return augment(x.expand(2, -1, -1), g, self.settings)
+        x = self.train_x[contrastive.draw_batch(self.n_train, self.batch_size, g)]
+        return augment(x.expand(2, -1, -1), g, self.data.augment)
 
     def batch(self, step: int) -> Tensor:
         """Every member's views, ``[K, 2, B, 64]``: drawn once per seed, shared by the seed's members."""
@@ -117,31 +116,24 @@ class SimCLR:
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
             z = F.normalize(project(p, represent(p, x)), dim=-1)  # [K, 2B, D]: view 1 rows, then view 2 rows
-            sims = (z @ z.transpose(1, 2)).gather(2, self.columns.expand(k, -1, -1))
+            sims = self.positive_first(z @ z.transpose(1, 2))
             return losses.scaled_cross_entropy(sims, 0, t).mean(-1), sims
 
         return autograd_step(loss_fn, params, tau)
 
-    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
-        return {}
-
-    def _members(self, x: Tensor) -> Tensor:
-        """Shared inputs ``[..., N, 64]`` as a batch for every member, ``[K, N, 64]`` (no copy)."""
-        return x.reshape(-1, PIXELS).expand(len(self.seed_row), -1, -1)
-
     def embed(self, params: dict[str, Tensor]) -> Tensor:
         """The test images' embeddings ``z``, ``[K, N_test, D]``."""
-        return project(params, represent(params, self._members(self.test_x)))
+        return project(params, represent(params, self.members(self.test_x)))
 
     def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Alignment, uniformity, tolerance, k-NN and linear-probe accuracy on the test split; each ``[K]``."""
-        h_train = represent(params, self._members(self.train_x))
-        h_test = represent(params, self._members(self.test_x))
-        z_views = project(params, represent(params, self._members(self.test_views)))  # [K, 2 N_test, D]
+        h_train = represent(params, self.members(self.train_x))
+        h_test = represent(params, self.members(self.test_x))
+        z_views = project(params, represent(params, self.members(self.test_views.reshape(-1, PIXELS))))  # [K, 2 N_test, D]
         out = contrastive.geometry(project(params, h_test), self.test_y, z_views.chunk(2, dim=1))
-        out["knn_accuracy"] = metrics.knn_accuracy(h_test, h_train, self.train_y, self.test_y, self.data["knn_k"])
+        out["knn_accuracy"] = metrics.knn_accuracy(h_test, h_train, self.train_y, self.test_y, self.data.knn_k)
         out["probe_accuracy"] = metrics.linear_probe(
-            h_train, self.train_y, h_test, self.test_y, self.data["probe_steps"], self.data["probe_lr"]
+            h_train, self.train_y, h_test, self.test_y, self.data.probe_steps, self.data.probe_lr
         )
         return out
 
@@ -150,23 +142,23 @@ class SimCLR:
         """Parameters and optimizer state, and the larger of the step's activations (about three copies of
         the layers' outputs for 2B views and four of the 2B × 2B similarities) and the evaluation's (the
         layers' outputs for all 1797 digits and the k-NN similarities of test × train, under 1797² / 4)."""
-        m, b = experiment.model, experiment.data["batch_size"]
-        step = 3 * 2 * b * (m["hidden"] + 2 * m["features"] + m["projection"]) + 4 * (2 * b) ** 2
-        evaluation = 1797 * (m["hidden"] + 2 * m["features"] + m["projection"]) + 1797**2 // 4
-        return contrastive.member_bytes(Network(**m), max(step, evaluation))
+        m, b = experiment.model, experiment.data.batch_size
+        step = 3 * 2 * b * (m.hidden + 2 * m.features + m.projection) + 4 * (2 * b) ** 2
+        evaluation = 1797 * (m.hidden + 2 * m.features + m.projection) + 1797**2 // 4
+        return contrastive.member_bytes(Network(**m.model_dump()), max(step, evaluation))
 
 
-def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module, Tensor, list[float]]:
+def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
     """One member trained alone: a ``Network`` and ``torch.optim`` on the member's seed's views, with NT-Xent
     as SimCLR implementations write it (logits ``s/τ``, the diagonal masked after the division)."""
     task = SimCLR(experiment, [member], torch.device("cpu"))
-    model = seeded(member["seed"], lambda: Network(**experiment.model))
+    model = seeded(member["seed"], lambda: Network(**experiment.model.model_dump()))
     b = task.batch_size
     self_pairs = torch.eye(2 * b, dtype=torch.bool)
     twins = torch.arange(2 * b).roll(b)
 
-    def loss_fn(net: nn.Module, tau: Tensor | float, step: int) -> Tensor:
+    def loss_fn(net: nn.Module, tau: Tensor, step: int) -> Tensor:
         z = F.normalize(net(task.views(member["seed"], step).reshape(2 * b, PIXELS)), dim=-1)
         return F.cross_entropy((z @ z.T / tau).masked_fill(self_pairs, float("-inf")), twins)
 
-    return contrastive.train_reference(experiment, member, model, loss_fn)
+    return reference.train_reference(experiment, member, model, loss_fn)
