@@ -192,6 +192,35 @@ def clip_loss(image: Tensor, text: Tensor, tau: float | Tensor) -> Tensor:
         return (image_to_text + text_to_image) / 2
 
 
+def siglip_loss(image: Tensor, text: Tensor, tau: float | Tensor, bias: float | Tensor) -> Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), as open_clip's ``SigLipLoss`` computes it.
+
+    ``L = −(1/B) Σ_{i,j} log σ(z_ij (x_i·y_j / τ + b))`` on normalised rows, ``z_ii = +1``, ``z_ij = −1``
+    (i ≠ j): every pair is a binary problem, so no softmax couples a row's negatives. The sum over B²
+    pairs is divided by B, not B². SigLIP learns ``t' = log(1/τ)`` from ``log 10`` (τ = 0.1) and the bias
+    ``b`` from −10. Unlike open_clip, the rows are normalised here (as in ``clip_loss``).
+
+    Args:
+        image, text: ``[K, B, D]`` (or ``[B, D]``), paired row by row.
+        tau: ``[K]`` or a number, > 0.
+        bias: ``[K]`` or a number.
+    Returns: ``[K]`` (or a scalar).
+    """
+    check_shape("text", tuple(text.shape), f"{list(image.shape)} like image", image.shape == text.shape)
+    _checked(check_positive, "tau", tau)
+    check_members("tau", tau, image, "image", member_ndim=3)
+    check_members("bias", bias, image, "image", member_ndim=3)
+    with _no_autocast(image):
+        dtype = compute_dtype(image, text, tau, bias)
+        i = F.normalize(image.to(dtype), dim=-1)
+        t = F.normalize(text.to(dtype), dim=-1)
+        sims = i @ t.transpose(-1, -2)  # [K, B, B]
+        logits = sims / _broadcast(tau, sims, "tau") + _broadcast(bias, sims, "bias")
+        n = sims.shape[-1]
+        signs = 2 * torch.eye(n, dtype=dtype, device=sims.device) - 1  # +1 on the diagonal, −1 elsewhere
+        return -F.logsigmoid(signs * logits).sum((-2, -1)) / n
+
+
 class KDLoss(NamedTuple):
     """The distillation loss and its two parts, each ``[K]`` (or a scalar)."""
 

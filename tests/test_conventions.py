@@ -131,3 +131,37 @@ def test_effective_negatives_is_the_exp_entropy_of_the_negatives_weights_per_row
     torch.testing.assert_close(metrics.effective_negatives(sims, 0.1), expected, rtol=1e-12, atol=1e-12)
     equal = torch.zeros(1, 1, 9, dtype=torch.float64)
     assert metrics.effective_negatives(equal, 0.1).item() == pytest.approx(8.0, rel=1e-12)
+
+
+def open_clip_siglip(image, text, logit_scale, logit_bias):
+    """open_clip's ``SigLipLoss`` (one process): ``−Σ log σ(labels · logits) / B`` on the features as given."""
+    logits = logit_scale * image @ text.T + logit_bias
+    labels = 2 * torch.eye(len(image), dtype=image.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / len(image)
+
+
+@pytest.mark.parametrize(("tau", "bias"), [(0.1, -10.0), (0.03, -3.0), (1.0, 0.5)])
+def test_siglip_loss_matches_open_clip_on_unit_features(tau, bias):
+    x, y = _rand(8, 4, seed=1), _rand(8, 4, seed=2)
+    peer = open_clip_siglip(F.normalize(x, dim=-1), F.normalize(y, dim=-1), 1 / tau, bias)
+    torch.testing.assert_close(losses.siglip_loss(x, y, tau, bias), peer, rtol=1e-13, atol=1e-13)
+
+
+def test_siglip_at_its_initialisation_is_dominated_by_the_bias():
+    # t' = log 10, b = −10: every logit lies in [−20, 0], so the B² − B negatives cost ≈ 0 and each positive
+    # ≈ −log σ(10·cos − 10); when every image is orthogonal to every text that is log(1 + e^10) per row
+    eye = torch.eye(8, dtype=torch.float64)
+    loss = losses.siglip_loss(eye[:4], eye[4:], 0.1, -10.0).item()
+    expected = (math.log1p(math.exp(10)) * 4 + 12 * math.log1p(math.exp(-10))) / 4
+    assert loss == pytest.approx(expected, rel=1e-12)
+
+
+def test_siglip_per_member_tau_and_bias_are_each_members_own_loss():
+    x, y = _rand(3, 6, 4, seed=1), _rand(3, 6, 4, seed=2)
+    tau, bias = (
+        torch.tensor([0.1, 0.5, 1.0], dtype=torch.float64),
+        torch.tensor([-10.0, -2.0, 0.0], dtype=torch.float64),
+    )
+    together = losses.siglip_loss(x, y, tau, bias)
+    alone = torch.stack([losses.siglip_loss(x[k], y[k], tau[k].item(), bias[k].item()) for k in range(3)])
+    torch.testing.assert_close(together, alone, rtol=1e-14, atol=1e-14)

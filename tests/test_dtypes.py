@@ -39,6 +39,7 @@ def _calls(dtype: torch.dtype) -> dict[str, torch.Tensor]:
         "info_nce": losses.info_nce(x, _rand(B, 4, D, seed=4, dtype=dtype), 0.07),
         "nt_xent": losses.nt_xent(x, y, 0.07),
         "clip_loss": losses.clip_loss(x, y, 0.07),
+        "siglip_loss": losses.siglip_loss(x, y, 0.1, -10.0),
         "kd_loss": losses.kd_loss(logits, _rand(B, C, seed=5, dtype=dtype), LABELS % C, 4.0, 0.9).total,
         "alignment": metrics.alignment(x, y),
         "uniformity": metrics.uniformity(x),
