@@ -1,14 +1,16 @@
 """Temperature-scaled losses, batched over a population of members.
 
-Shapes: a leading ``members`` axis ``K`` is optional everywhere. With it, ``tau`` (and ``T``,
-``alpha``) is a tensor ``[K]`` (or a number shared by all members) and each loss returns ``[K]``;
-without it, ``tau`` is a number and the loss is a scalar.
+Shapes: a leading ``members`` axis ``K`` is optional everywhere. With it (features ``[K, B, D]``,
+logits ``[K, B, C]``), ``tau`` (and ``T``, ``alpha``) is a tensor ``[K]`` or a number shared by all
+members, and each loss returns ``[K]``; without it (features ``[B, D]``), ``tau`` must be a number
+(or a 0-d tensor) and the loss is a scalar. A ``[K]`` τ beside features without a member axis is
+refused with an error naming both shapes, never applied per row.
 
-Every loss computes its similarities and divides by τ in float32 (autocast is switched off inside)
-and goes through ``log_softmax`` (log-sum-exp), so it stays finite and accurate at τ = 0.001,
-where cosine similarities become logits of ±1000, also when the model runs in bf16/fp16.
+Dtype: each loss computes in its inputs' dtype promoted with τ's, and at least float32
+(``compute_dtype``): float64 in gives float64 out, to ~1e-15; bf16/fp16 inputs are lifted to float32,
+with autocast switched off inside, so the logits ``s/τ`` (±1000 at τ = 0.001) are never rounded to
+bf16. Every loss goes through ``log_softmax`` (log-sum-exp), so it stays finite at τ = 0.001.
 
-A tensor ``tau`` of shape ``[K]`` always means one value per member along the leading axis.
 Numbers and CPU tensors are validated (τ > 0, α ∈ [0, 1]); on an accelerator that check would
 stall every step, so there the values are trusted (the engine validates its config up front).
 """
@@ -23,11 +25,25 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tau_lab.checks import check_positive, check_shape, check_unit_interval
+from tau_lab.errors import UserError
+
+
+def compute_dtype(*values: float | Tensor | bool) -> torch.dtype:
+    """The dtype a loss or metric computes in: its tensors' promoted dtype, at least float32.
+
+    ``float64`` stays ``float64``; ``bfloat16``/``float16`` and integers are lifted to ``float32``;
+    Python numbers do not count (τ = 0.07 given as a number takes the features' dtype).
+    """
+    dtype = torch.float32
+    for value in values:
+        if isinstance(value, Tensor):
+            dtype = torch.promote_types(dtype, value.dtype if value.is_floating_point() else torch.float32)
+    return dtype
 
 
 def _broadcast(value: float | Tensor, like: Tensor, name: str) -> Tensor:
     """A per-member value ``[K]`` (or a number) shaped ``[K, 1, ..., 1]`` to combine with ``like``."""
-    value = torch.as_tensor(value, dtype=torch.float32, device=like.device)
+    value = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     if value.ndim == 0:
         return value
     expected = f"[{like.shape[0]}] (one per member)" if like.ndim else "a number (the input has no member axis)"
@@ -36,13 +52,35 @@ def _broadcast(value: float | Tensor, like: Tensor, name: str) -> Tensor:
     return value.reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def check_members(name: str, value: float | Tensor | bool, features: Tensor, what: str, member_ndim: int) -> None:
+    """A per-member ``value`` needs a member axis on ``features``: ``[K]`` with ``features [K, ...]``.
+
+    ``member_ndim`` is the rank of ``features`` with its member axis (3 for ``[K, B, D]``).
+    """
+    if not isinstance(value, Tensor) or value.ndim == 0:
+        return
+    shape = list(features.shape)
+    if value.ndim != 1:
+        raise UserError(f"{name} has shape {list(value.shape)}: expected a number or [K], one per member")
+    if features.ndim != member_ndim:
+        raise UserError(
+            f"{name} has shape {list(value.shape)} (one per member) but {what} has shape {shape}, without a "
+            f"member axis: give {what} as [K, ...] with K = {value.shape[0]} members, or {name} as a number"
+        )
+    if features.shape[0] != value.shape[0]:
+        raise UserError(
+            f"{name} has shape {list(value.shape)} (one per member) but {what} has shape {shape}, "
+            f"{features.shape[0]} members: the two must agree"
+        )
+
+
 def _checked(check: Callable[[str, Any], None], name: str, value: float | Tensor) -> None:
     if not (isinstance(value, Tensor) and value.device.type != "cpu"):
         check(name, value)
 
 
-def _fp32(x: Tensor) -> torch.autocast:
-    """Switch autocast off, so similarities and logits are computed in float32."""
+def _no_autocast(x: Tensor) -> torch.autocast:
+    """Switch autocast off, so similarities and logits are computed in ``compute_dtype``."""
     return torch.autocast(device_type=x.device.type, enabled=False)
 
 
@@ -58,8 +96,9 @@ def scaled_cross_entropy(sims: Tensor, target: Tensor | int, tau: float | Tensor
     Returns: ``[K, ...]``, one loss per row.
     """
     _checked(check_positive, "tau", tau)
-    with _fp32(sims):
-        logits = sims.float() / _broadcast(tau, sims, "tau")
+    with _no_autocast(sims):
+        sims = sims.to(compute_dtype(sims, tau))
+        logits = sims / _broadcast(tau, sims, "tau")
         logp = F.log_softmax(logits, dim=-1)
         if isinstance(target, int):
             return -logp[..., target]
@@ -96,9 +135,11 @@ def info_nce(anchor: Tensor, candidates: Tensor, tau: float | Tensor, target: Te
         target: index of the positive among the candidates, per anchor ``[K, B]`` / ``[B]`` or int.
     Returns: ``[K]`` (or a scalar), the mean over anchors.
     """
-    with _fp32(anchor):
-        a = F.normalize(anchor.float(), dim=-1)
-        c = F.normalize(candidates.float(), dim=-1)
+    check_members("tau", tau, anchor, "anchor", member_ndim=3)
+    with _no_autocast(anchor):
+        dtype = compute_dtype(anchor, candidates, tau)
+        a = F.normalize(anchor.to(dtype), dim=-1)
+        c = F.normalize(candidates.to(dtype), dim=-1)
         if c.ndim == a.ndim + 1:  # per-anchor candidates
             sims = torch.einsum("...bd,...bnd->...bn", a, c)
         else:
@@ -119,8 +160,9 @@ def nt_xent(z1: Tensor, z2: Tensor, tau: float | Tensor) -> Tensor:
     Returns: ``[K]`` (or a scalar).
     """
     check_shape("z2", tuple(z2.shape), f"{list(z1.shape)} like z1", z1.shape == z2.shape)
-    with _fp32(z1):
-        z = F.normalize(torch.cat([z1, z2], dim=-2).float(), dim=-1)
+    check_members("tau", tau, z1, "z1", member_ndim=3)
+    with _no_autocast(z1):
+        z = F.normalize(torch.cat([z1, z2], dim=-2).to(compute_dtype(z1, z2, tau)), dim=-1)
         columns = positive_first(z.shape[-2], views=True, device=z.device)  # [2B, 2B − 1], twin first
         sims = (z @ z.transpose(-1, -2)).gather(-1, columns.expand(*z.shape[:-2], -1, -1))
         return scaled_cross_entropy(sims, 0, tau).mean(-1)
@@ -138,14 +180,45 @@ def clip_loss(image: Tensor, text: Tensor, tau: float | Tensor) -> Tensor:
     Returns: ``[K]`` (or a scalar).
     """
     check_shape("text", tuple(text.shape), f"{list(image.shape)} like image", image.shape == text.shape)
-    with _fp32(image):
-        i = F.normalize(image.float(), dim=-1)
-        t = F.normalize(text.float(), dim=-1)
+    check_members("tau", tau, image, "image", member_ndim=3)
+    with _no_autocast(image):
+        dtype = compute_dtype(image, text, tau)
+        i = F.normalize(image.to(dtype), dim=-1)
+        t = F.normalize(text.to(dtype), dim=-1)
         sims = i @ t.transpose(-1, -2)
         target = torch.arange(sims.shape[-1], device=sims.device)
         image_to_text = scaled_cross_entropy(sims, target, tau).mean(-1)
         text_to_image = scaled_cross_entropy(sims.transpose(-1, -2), target, tau).mean(-1)
         return (image_to_text + text_to_image) / 2
+
+
+def siglip_loss(image: Tensor, text: Tensor, tau: float | Tensor, bias: float | Tensor) -> Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), as open_clip's ``SigLipLoss`` computes it.
+
+    ``L = −(1/B) Σ_{i,j} log σ(z_ij (x_i·y_j / τ + b))`` on normalised rows, ``z_ii = +1``, ``z_ij = −1``
+    (i ≠ j): every pair is a binary problem, so no softmax couples a row's negatives. The sum over B²
+    pairs is divided by B, not B². SigLIP learns ``t' = log(1/τ)`` from ``log 10`` (τ = 0.1) and the bias
+    ``b`` from −10. Unlike open_clip, the rows are normalised here (as in ``clip_loss``).
+
+    Args:
+        image, text: ``[K, B, D]`` (or ``[B, D]``), paired row by row.
+        tau: ``[K]`` or a number, > 0.
+        bias: ``[K]`` or a number.
+    Returns: ``[K]`` (or a scalar).
+    """
+    check_shape("text", tuple(text.shape), f"{list(image.shape)} like image", image.shape == text.shape)
+    _checked(check_positive, "tau", tau)
+    check_members("tau", tau, image, "image", member_ndim=3)
+    check_members("bias", bias, image, "image", member_ndim=3)
+    with _no_autocast(image):
+        dtype = compute_dtype(image, text, tau, bias)
+        i = F.normalize(image.to(dtype), dim=-1)
+        t = F.normalize(text.to(dtype), dim=-1)
+        sims = i @ t.transpose(-1, -2)  # [K, B, B]
+        logits = sims / _broadcast(tau, sims, "tau") + _broadcast(bias, sims, "bias")
+        n = sims.shape[-1]
+        signs = 2 * torch.eye(n, dtype=dtype, device=sims.device) - 1  # +1 on the diagonal, −1 elsewhere
+        return -F.logsigmoid(signs * logits).sum((-2, -1)) / n
 
 
 class KDLoss(NamedTuple):
@@ -164,7 +237,7 @@ def kd_loss(
     alpha: float | Tensor,
     t2_scaling: bool | Tensor = True,
 ) -> KDLoss:
-    """Hinton et al.'s distillation loss; α weights the distillation term (as in tau-lab's seed).
+    """Hinton et al.'s distillation loss; α weights the soft term (torchdistill's α weights the cross-entropy).
 
     ``total = α · T² · KL_batchmean(softmax(t/T) ‖ softmax(s/T)) + (1 − α) · CE(s, y)``
 
@@ -183,9 +256,12 @@ def kd_loss(
     """
     _checked(check_positive, "T", T)
     _checked(check_unit_interval, "alpha", alpha)
-    with _fp32(student_logits):
-        s = student_logits.float()
-        t = teacher_logits.float().expand_as(s)
+    for name, value in (("T", T), ("alpha", alpha), ("t2_scaling", t2_scaling)):
+        check_members(name, value, student_logits, "student_logits", member_ndim=3)
+    with _no_autocast(student_logits):
+        dtype = compute_dtype(student_logits, teacher_logits, T, alpha)
+        s = student_logits.to(dtype)
+        t = teacher_logits.to(dtype).expand_as(s)
         log_q = F.log_softmax(s / _broadcast(T, s, "T"), dim=-1)
         log_p = F.log_softmax(t / _broadcast(T, s, "T"), dim=-1)
         kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean(-1)  # batchmean: sum over classes, mean over rows

@@ -3,6 +3,9 @@
 As in ``tau_lab.losses``, a leading ``members`` axis ``K`` is optional: inputs ``[K, N, D]`` give
 ``[K]``, inputs ``[N, D]`` give a scalar. Embeddings are L2-normalised here before measuring, as
 Wang & Isola (2020) and Wang & Liu (2021) define the metrics on the unit hypersphere.
+
+Each metric computes in its inputs' dtype, at least float32 (``tau_lab.losses.compute_dtype``): float64
+in gives float64 out; bf16/fp16 embeddings are lifted to float32 first.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tau_lab.losses import scaled_cross_entropy
+from tau_lab.losses import compute_dtype, scaled_cross_entropy
+
+
+def _unit(x: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """Rows scaled to unit length, in ``dtype`` (default ``compute_dtype(x)``)."""
+    return F.normalize(x.to(dtype or compute_dtype(x)), dim=-1)
 
 
 def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
@@ -23,7 +31,8 @@ def alignment(x: Tensor, y: Tensor, alpha: float = 2.0) -> Tensor:
     Args: x, y: ``[K, N, D]`` (or ``[N, D]``), row i of x paired with row i of y.
     Returns: ``[K]``; 0 for perfectly aligned pairs, 4 for antipodal ones (α = 2).
     """
-    x, y = F.normalize(x.float(), dim=-1), F.normalize(y.float(), dim=-1)
+    dtype = compute_dtype(x, y)
+    x, y = _unit(x, dtype), _unit(y, dtype)
     return (x - y).norm(dim=-1).pow(alpha).mean(-1)
 
 
@@ -42,7 +51,7 @@ def uniformity(x: Tensor, t: float = 2.0) -> Tensor:
     Args: x: ``[K, N, D]`` (or ``[N, D]``), N ≥ 2.
     Returns: ``[K]``.
     """
-    x = F.normalize(x.float(), dim=-1)
+    x = _unit(x)
     i, j = _distinct_pairs(x.shape[-2], x.device)
     sq = (x[..., i, :] - x[..., j, :]).pow(2).sum(-1)
     return torch.logsumexp(-t * sq, dim=-1) - math.log(len(i))
@@ -56,7 +65,7 @@ def tolerance(x: Tensor, labels: Tensor) -> Tensor:
         labels: ``[N]`` class of each row (at least one class with two rows).
     Returns: ``[K]``; 1 when each class collapses to a point.
     """
-    x = F.normalize(x.float(), dim=-1)
+    x = _unit(x)
     i, j = _distinct_pairs(x.shape[-2], x.device)
     same = labels[i] == labels[j]
     i, j = i[same], j[same]
@@ -68,13 +77,13 @@ def grad_norm(grads: Iterable[Tensor]) -> Tensor:
 
     Returns ``[K]``.
     """
-    sq = [g.float().pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]
+    sq = [g.to(compute_dtype(g)).pow(2).reshape(g.shape[0], -1).sum(-1) for g in grads]
     return torch.stack(sq).sum(0).sqrt()
 
 
 def softmax_entropy(logits: Tensor) -> Tensor:
     """Entropy ``H = −Σ p log p`` of ``softmax(logits)`` over the last axis, in nats."""
-    logp = F.log_softmax(logits.float(), dim=-1)
+    logp = F.log_softmax(logits.to(compute_dtype(logits)), dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -90,8 +99,9 @@ def effective_negatives(sims: Tensor, tau: float | Tensor, positive: int = 0) ->
         tau: ``[K]`` or a number.
     Returns: ``[K, ...]``.
     """
-    negatives = torch.cat([sims[..., :positive], sims[..., positive + 1 :]], dim=-1).float()
-    tau = torch.as_tensor(tau, dtype=torch.float32, device=sims.device)
+    dtype = compute_dtype(sims, tau)
+    negatives = torch.cat([sims[..., :positive], sims[..., positive + 1 :]], dim=-1).to(dtype)
+    tau = torch.as_tensor(tau, dtype=dtype, device=sims.device)
     if tau.ndim:
         tau = tau.reshape(-1, *([1] * (sims.ndim - 1)))
     return softmax_entropy(negatives / tau).exp()
@@ -99,7 +109,7 @@ def effective_negatives(sims: Tensor, tau: float | Tensor, positive: int = 0) ->
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of rows whose arg-max is the label. ``logits [K, N, C]``, ``labels [N]`` → ``[K]``."""
-    return (logits.argmax(-1) == labels).float().mean(-1)
+    return (logits.argmax(-1) == labels).to(compute_dtype(logits)).mean(-1)
 
 
 def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 15) -> Tensor:
@@ -112,12 +122,12 @@ def expected_calibration_error(logits: Tensor, labels: Tensor, bins: int = 15) -
         labels: ``[N]``.
     Returns: ``[K]``.
     """
-    probs = F.softmax(logits.float(), dim=-1)
+    probs = F.softmax(logits.to(compute_dtype(logits)), dim=-1)
     conf, pred = probs.max(-1)
-    correct = (pred == labels).float()
+    correct = (pred == labels).to(probs.dtype)
     # bin b holds confidences in (b/bins, (b+1)/bins]; confidence is ≥ 1/C > 0
     index = (conf * bins).ceil().long().clamp(1, bins) - 1
-    one_hot = F.one_hot(index, bins).float()  # [K, N, bins]
+    one_hot = F.one_hot(index, bins).to(probs.dtype)  # [K, N, bins]
     gap = ((correct - conf).unsqueeze(-1) * one_hot).sum(-2).abs()  # |Σ_b (acc − conf)|
     return gap.sum(-1) / conf.shape[-1]
 
@@ -138,9 +148,10 @@ def recall_at_1(
     """
     if query_labels is None or key_labels is None:
         query_labels = key_labels = torch.arange(queries.shape[-2], device=queries.device)
-    q, k = F.normalize(queries.float(), dim=-1), F.normalize(keys.float(), dim=-1)
+    dtype = compute_dtype(queries, keys)
+    q, k = _unit(queries, dtype), _unit(keys, dtype)
     best = (q @ k.transpose(-1, -2)).argmax(-1)  # [K, N]
-    return (key_labels[best] == query_labels).float().mean(-1)
+    return (key_labels[best] == query_labels).to(dtype).mean(-1)
 
 
 def knn_accuracy(queries: Tensor, bank: Tensor, bank_labels: Tensor, labels: Tensor, k: int = 20) -> Tensor:
@@ -154,11 +165,12 @@ def knn_accuracy(queries: Tensor, bank: Tensor, bank_labels: Tensor, labels: Ten
         labels: ``[N]`` the queries' true labels.
     Returns: ``[K]``.
     """
-    q, b = F.normalize(queries.float(), dim=-1), F.normalize(bank.float(), dim=-1)
+    dtype = compute_dtype(queries, bank)
+    q, b = _unit(queries, dtype), _unit(bank, dtype)
     nearest = (q @ b.transpose(-1, -2)).topk(k, dim=-1).indices  # [K, N, k]
     classes = int(max(bank_labels.max(), labels.max())) + 1
     votes = F.one_hot(bank_labels[nearest], classes).sum(-2)  # [K, N, C]
-    return accuracy(votes.float(), labels)
+    return accuracy(votes.to(dtype), labels)
 
 
 def linear_probe(
@@ -181,9 +193,11 @@ def linear_probe(
         test_x: ``[K, M, D]`` (or ``[M, D]``); test_y: ``[M]``.
     Returns: ``[K]`` (or a scalar).
     """
-    mean = train_x.float().mean(-2, keepdim=True)
-    std = train_x.float().std(-2, keepdim=True).clamp_min(1e-6)  # a dead feature stays 0, not NaN
-    x, x_test = (train_x.float() - mean) / std, (test_x.float() - mean) / std
+    dtype = compute_dtype(train_x, test_x)
+    train_x, test_x = train_x.to(dtype), test_x.to(dtype)
+    mean = train_x.mean(-2, keepdim=True)
+    std = train_x.std(-2, keepdim=True).clamp_min(1e-6)  # a dead feature stays 0, not NaN
+    x, x_test = (train_x - mean) / std, (test_x - mean) / std
     classes = int(max(train_y.max(), test_y.max())) + 1
     w = torch.zeros(*x.shape[:-2], x.shape[-1], classes, dtype=x.dtype, device=x.device, requires_grad=True)
     b = torch.zeros(*x.shape[:-2], 1, classes, dtype=x.dtype, device=x.device, requires_grad=True)
