@@ -94,3 +94,22 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """The long metrics table (member, step, metric, value) of a run, finished or still training.
+
+    A finished run has ``metrics.parquet``; a running (or interrupted) one has the parts its populations
+    append at every checkpoint and evaluation, ``metrics/chunk-{i}-{until:08d}.parquet``, read here in the
+    finished table's row order (a part written after the last checkpoint of a killed run is included).
+    """
+    from tau_lab.errors import UserError  # here, not at the top: this function is appended to the module
+
+    path = run_dir / "metrics.parquet"
+    if path.is_file():
+        return pd.read_parquet(path)
+    parts = sorted((run_dir / "metrics").glob("chunk-*.parquet"))
+    if not parts:
+        raise UserError(f"{run_dir}: no metrics yet: neither metrics.parquet nor parts in metrics/ (is it a run?)")
+    frame = pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+    return frame.sort_values(["member", "step", "metric"], kind="stable", ignore_index=True)
