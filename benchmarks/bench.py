@@ -23,8 +23,6 @@ import contextlib
 import functools
 import json
 import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +32,7 @@ from typing import Any
 from unittest import mock
 
 import torch
+from common import interleaved, machine, spread, timed
 
 from tau_lab import config, engine, metrics
 from tau_lab.optim import Optimizer
@@ -66,40 +65,7 @@ def with_steps(experiment: config.Experiment, steps: int) -> config.Experiment:
     return experiment.model_copy(update={"steps": steps})
 
 
-def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """``n`` members spread over the grid (different seeds and τ), for the baseline's subset."""
-    if n >= len(rows):
-        return rows
-    stride = len(rows) // n + 1
-    return [rows[(i * stride) % len(rows)] for i in range(n)]
-
-
-def machine() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                model = line.split(":", 1)[1].strip()
-    return {
-        "cpu": model,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
-    }
-
-
 # ----------------------------------------------------------------------------- measurements
-
-
-def timed(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
 
 
 def summary(times: list[float], members: int, steps: int) -> dict[str, Any]:
@@ -113,16 +79,6 @@ def summary(times: list[float], members: int, steps: int) -> dict[str, Any]:
         "seconds_all": times,
         "member_steps_per_s": members * steps / seconds,
     }
-
-
-def interleaved(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each runner, ``repeats`` rounds of all of them in turn: a spell of load from other
-    processes then falls on every variant alike, not on one."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            times[name].append(timed(run))
-    return times
 
 
 def baseline_runner(experiment: config.Experiment, rows: list[dict[str, Any]]) -> Callable[[], Any]:

@@ -23,9 +23,10 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from common import best_of, spread
 
 from tau_lab import config, engine
-from tau_lab.optim import Optimizer
+from tau_lab.optim import build_optimizer
 from tau_lab.tasks import TASKS, clip, simclr
 from tau_lab.temperature import Temperature
 
@@ -41,23 +42,10 @@ def load(name: str, steps: int) -> config.Experiment:
     return experiment
 
 
-def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """``n`` members spread evenly over the grid (modes, τ and seeds), for the sequential loop."""
-    return rows[:: max(1, len(rows) // n)][:n]
-
-
-def best_seconds(run: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def marginal_rate(run: Callable[[int], Any], members: int, short: int, long: int, repeats: int) -> float:
     """Member-steps per second of the ``long − short`` steps that one run has over the other."""
-    seconds = best_seconds(lambda: run(long), repeats) - best_seconds(lambda: run(short), repeats)
+    best = best_of({"long": lambda: run(long), "short": lambda: run(short)}, repeats)
+    seconds = best["long"] - best["short"]
     return members * (long - short) / seconds
 
 
@@ -66,12 +54,11 @@ def phases(name: str, steps: int) -> dict[str, float]:
     experiment = load(name, steps)
     rows = config.members(experiment)
     task = TASKS[experiment.task](experiment, rows, CPU)
-    t, opt = experiment.temperature, experiment.optimizer
+    t = experiment.temperature
     modes = [r["tau_mode"] for r in rows]
     temperature = Temperature([r["tau_init"] for r in rows], modes, t.tau_min, t.tau_max, t.period)
     params = {**task.params, "logit_scale": temperature.logit_scale.data}
-    lr = {name: opt.lr for name in task.params} | {"logit_scale": opt.tau_lr or opt.lr}
-    optimizer = Optimizer(opt.name, params, lr, dict.fromkeys(params, opt.weight_decay), opt.betas, opt.eps)
+    optimizer = build_optimizer(experiment.optimizer, params, rows)
     masks = dict.fromkeys(task.params, torch.ones(len(rows), dtype=torch.bool)) | {"logit_scale": temperature.learnable}
     spent = {"batch": 0.0, "task.step (forward + backward)": 0.0, "optimizer": 0.0}
     for step in range(steps):
@@ -79,7 +66,7 @@ def phases(name: str, steps: int) -> dict[str, float]:
         batch = task.batch(step)
         after_batch = time.perf_counter()
         tau = temperature(step).detach()
-        out = task.step(params, tau, batch)
+        out = task.step(task.params, tau, batch)
         after_step = time.perf_counter()
         grads = {**out.grads, "logit_scale": temperature.logit_scale_grad(tau, out.grad_tau, step)}
         optimizer.step(params, grads, masks)

@@ -22,18 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
+from common import best_of, machine, spread
 
 from tau_lab import config, engine
 from tau_lab.tasks.distill import train_reference
-from tau_lab.teacher import TeacherSpec, load_teacher
+from tau_lab.teacher import load_teacher
 
 CPU = torch.device("cpu")
 WARMUP_STEPS = 10
@@ -50,23 +46,6 @@ def experiment(steps: int, seeds: int) -> config.Experiment:
     ]
     spec, _ = config.load_experiment("digits_kd", overrides)
     return spec
-
-
-def spread(rows: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """``n`` members spread over the grid, for the sequential loop's subset."""
-    stride = max(1, len(rows) // n)
-    return rows[::stride][:n]
-
-
-def best_of(runners: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
-    """The shortest of ``repeats`` interleaved rounds of every runner, in seconds."""
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: min(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -87,7 +66,7 @@ def main() -> None:
     rows = config.members(spec)
     subset = spread(rows, args.subset)
     data = spec.data
-    load_teacher(TeacherSpec(**spec.model["teacher"]), data["test_fraction"], data["split_seed"])  # cached first
+    load_teacher(spec.model.teacher, data.test_fraction, data.split_seed)  # cached first
     warm = spec.model_copy(update={"steps": WARMUP_STEPS})
     engine.train_population(warm, rows, CPU)
     train_reference(warm, subset[0])
@@ -110,13 +89,7 @@ def main() -> None:
         "seconds": seconds,
         "member_steps_per_s": rate,
         "speedup": rate["population"] / rate["sequential"],
-        "machine": {
-            "cpu": platform.processor() or platform.machine(),
-            "usable_cpus": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(),
-        },
+        "machine": machine(),
     }
     print(f"distillation, {len(rows)} students (30 settings × {args.seeds} seeds), {args.steps} steps, CPU")
     print(f"{'':<12}{'member-steps/s':>16}{'seconds':>10}")

@@ -17,7 +17,6 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from tau_lab.errors import UserError
 from tau_lab.tasks import TASKS
-from tau_lab.tasks.base import Sweep
 from tau_lab.temperature import NEEDS_PERIOD, start_tau
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"

@@ -133,17 +133,10 @@ def test_a_running_run_has_readable_metrics(tmp_path, monkeypatch):
 def test_a_diverged_learnable_member_reports_its_last_finite_tau():
     # lr 1e20 blows the model up at the first update, and τ's learning rate sends logit_scale to −∞ with it;
     # the clamp then puts it at τ_max = 1, where the member never trained: it diverges at the next step
-    overrides = [
-        "sweep.seeds=[0]",
-        "data.batch_size=16",
-        "model.hidden=8",
-        "model.width=8",
-        "sweep.caption_noise=[0.0]",
-    ]
+    small = ["sweep.seeds=[0]", "data.batch_size=16", "model.hidden=8", "model.width=8", "sweep.caption_noise=[0.0]"]
+    grid = ["steps=8", "log_every=8", "eval_every=8", "sweep.tau=[0.02]", "sweep.tau_mode=['learnable']"]
     exp, _ = config.load_experiment(
-        "digits_clip",
-        [*overrides, "steps=8", "log_every=8", "eval_every=8", "sweep.tau=[0.02]", "sweep.tau_mode=['learnable']"]
-        + ["optimizer.name='sgd'", "optimizer.lr=1e20", "optimizer.tau_lr=1e30"],
+        "digits_clip", [*small, *grid, "optimizer.name='sgd'", "optimizer.lr=1e20", "optimizer.tau_lr=1e30"]
     )
     rows = config.members(exp)
     out = engine.tables(rows, [engine.train_population(exp, rows, torch.device("cpu"))])

@@ -25,7 +25,7 @@ from tau_lab.tasks.distill import (
     teacher_gain,
     train_reference,
 )
-from tau_lab.teacher import TeacherSpec, load_teacher
+from tau_lab.teacher import load_teacher
 from tau_lab.temperature import Temperature, ctkd_lambda
 
 CPU = torch.device("cpu")

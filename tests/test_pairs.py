@@ -170,3 +170,24 @@ def test_recall_at_1_by_instance_and_by_label():
     assert metrics.recall_at_1(queries, keys, labels, labels).item() == 1.0
     stacked = metrics.recall_at_1(torch.stack([queries, keys]), torch.stack([keys, keys]))
     assert stacked.tolist() == [0.5, 1.0]
+
+
+def test_a_batch_larger_than_the_training_pairs_is_clamped_with_one_warning_and_recorded(tmp_path, capsys):
+    # 80 pairs, 20% held out: 64 training pairs; the default batch of 256 cannot be drawn without replacement
+    toml = _experiment(tmp_path, _separable(tmp_path / "pairs.npz"))
+    exp, _ = config.load_experiment(str(toml), ["steps=2"])
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert warning == ["warning: data.batch_size = 256 is larger than the 64 training pairs: using batch_size = 64"]
+    run_dir, _ = engine.run_sweep(exp, "pairs", root=tmp_path / "runs")
+    recorded, _ = config.load_experiment(str(run_dir / "config.toml"))
+    assert recorded.data.batch_size == 64
+    assert capsys.readouterr().err == ""  # the recorded config is the one used: no second warning
+
+
+def test_contrastive_tasks_log_gradient_norms_of_their_own_parameters_only(tmp_path):
+    # the temperature's logit_scale is the engine's: its gradient is grad_norm_tau, not a task parameter's
+    exp, _ = config.load_experiment(str(_experiment(tmp_path, _separable(tmp_path / "pairs.npz"))), ["steps=2"])
+    rows = config.members(exp)
+    names = set(engine.train_population(exp, rows, torch.device("cpu"))["log"].frame().metric)
+    assert "grad_norm.logit_scale" not in names
+    assert {"grad_norm_tau", "grad_norm.a.0.weight", "grad_norm.b.0.bias"} <= names

@@ -150,4 +150,3 @@ def member_bytes(model: nn.Module, activations: int) -> int:
     """Float32 bytes of one member: the parameters of ``model`` with their gradients and AdamW's two
     moments, and ``activations`` numbers alive at the peak of a step or an evaluation."""
     return 4 * (4 * sum(p.numel() for p in model.parameters()) + activations)
-

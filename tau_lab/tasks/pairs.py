@@ -109,9 +109,7 @@ class PairsTask(contrastive.ContrastiveTask):
         self.train_a, self.train_b, self.test_a, self.test_b = a[~test], b[~test], a[test], b[test]
         self.test_labels = None if pairs.labels is None else pairs.labels.to(device)[test]
         self.n_train, self.batch_size = len(self.train_a), self.data.batch_size
-        self.params = init_population(
-            self.seeds, lambda: Heads(a.shape[1], b.shape[1], *self.widths), self.seed_row
-        )
+        self.params = init_population(self.seeds, lambda: Heads(a.shape[1], b.shape[1], *self.widths), self.seed_row)
         self.columns = losses.positive_first(self.batch_size, views=False, device=device)
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:

@@ -129,7 +129,8 @@ class SimCLR(contrastive.ContrastiveTask):
         """Alignment, uniformity, tolerance, k-NN and linear-probe accuracy on the test split; each ``[K]``."""
         h_train = represent(params, self.members(self.train_x))
         h_test = represent(params, self.members(self.test_x))
-        z_views = project(params, represent(params, self.members(self.test_views.reshape(-1, PIXELS))))  # [K, 2 N_test, D]
+        views = self.members(self.test_views.reshape(-1, PIXELS))  # [K, 2 N_test, 64]
+        z_views = project(params, represent(params, views))
         out = contrastive.geometry(project(params, h_test), self.test_y, z_views.chunk(2, dim=1))
         out["knn_accuracy"] = metrics.knn_accuracy(h_test, h_train, self.train_y, self.test_y, self.data.knn_k)
         out["probe_accuracy"] = metrics.linear_probe(
