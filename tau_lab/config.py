@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationErr
 
 from tau_lab.errors import UserError
 from tau_lab.tasks import TASKS
+from tau_lab.tasks.base import Sweep as Sweep  # the base grid lives with the tasks; re-exported for the CLI
 from tau_lab.temperature import NEEDS_PERIOD, start_tau
 
 EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"

@@ -161,7 +161,8 @@ def parse_space(experiment: config.Experiment, source: str) -> tuple[SearchSetti
         settings = SearchSettings.model_validate(experiment.search)
     except ValidationError as err:
         raise ConfigError(config._one_line(err, source, "search")) from None
-    axes = [axis for axis in experiment.sweep if axis != "seeds"]
+    grid = experiment.sweep.model_dump()  # the task's Sweep: the axes it was given
+    axes = [axis for axis in grid if axis != "seeds"]
     space: dict[str, Range | list[Any]] = {}
     for name, value in settings.space.items():
         key = f"search.space.{name}"
@@ -181,7 +182,7 @@ def parse_space(experiment: config.Experiment, source: str) -> tuple[SearchSetti
                 f"{source}: {key} = {value!r}: use a range {{low = ..., high = ..., log = ...}} or a list of choices"
             )
     for axis in ["seeds", *axes]:
-        values = experiment.sweep[axis]
+        values = grid[axis]
         if axis not in space and len(values) != 1:
             raise ConfigError(
                 f"{source}: sweep.{axis} = {values!r}: a search trains one value of each axis it does not "
@@ -410,7 +411,7 @@ def member_rows(search: Search, trials: list[Trial]) -> list[dict[str, Any]]:
     """One member per trial: its parameters on top of the experiment's one-value sweep."""
     rows = []
     for member, trial in enumerate(trials):
-        sweep = search.experiment.sweep | {name: [value] for name, value in trial.params.items()}
+        sweep = search.experiment.sweep.model_copy(update={name: [value] for name, value in trial.params.items()})
         (row,) = config.members(search.experiment.model_copy(update={"sweep": sweep}))
         rows.append(row | {"member": member, "trial": trial.number})
     return rows

@@ -7,7 +7,7 @@ The file format (write it with ``numpy.savez(path, a=..., b=..., labels=...)``):
 - ``labels`` (optional): ``[n]`` integers, a class per pair, used only for evaluation (tolerance).
 
 Every value must be finite. A file that breaks a rule is rejected with one line naming the file and what is
-wrong (``ValueError``; ``FileNotFoundError`` when there is no file).
+wrong (``tau_lab.errors.UserError``, a ``ValueError``), a missing file included.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+
+from tau_lab.errors import UserError
 
 MIN_PAIRS = 4  # enough for a train and a test split with two pairs each
 
@@ -33,13 +35,13 @@ class Pairs(NamedTuple):
 
 def _matrix(path: Path, name: str, array: np.ndarray) -> np.ndarray:
     if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"{path}: array '{name}' has shape {array.shape}: expected [n, d_{name}] with n, d ≥ 1")
+        raise UserError(f"{path}: array '{name}' has shape {array.shape}: expected [n, d_{name}] with n, d ≥ 1")
     if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)):
-        raise ValueError(f"{path}: array '{name}' has dtype {array.dtype}: expected real numbers")
+        raise UserError(f"{path}: array '{name}' has dtype {array.dtype}: expected real numbers")
     finite = np.isfinite(array)
     if not finite.all():
         row = int(np.argwhere(~finite)[0, 0])
-        raise ValueError(
+        raise UserError(
             f"{path}: array '{name}' has {int((~finite).sum())} NaN or infinite values (the first in row {row}): "
             "every value must be finite"
         )
@@ -50,7 +52,7 @@ def load_pairs(path: str | Path) -> Pairs:
     """Read and check a pairs file; float arrays become float32 tensors, labels int64."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such pairs file (expected an .npz with arrays 'a' and 'b')")
+        raise UserError(f"{path}: no such pairs file (expected an .npz with arrays 'a' and 'b')")
     try:
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
@@ -59,25 +61,25 @@ def load_pairs(path: str | Path) -> Pairs:
             arrays = {name: npz[name] for name in npz.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ValueError(f"{path}: not an .npz file of arrays that numpy.load can read: {reason}") from None
+        raise UserError(f"{path}: not an .npz file of arrays that numpy.load can read: {reason}") from None
     for name in ("a", "b"):
         if name not in arrays:
             found = ", ".join(sorted(arrays)) or "none"
-            raise ValueError(
+            raise UserError(
                 f"{path}: array '{name}' is missing (found: {found}); a pairs file holds 'a' [n, d_a], "
                 "'b' [n, d_b] and optionally 'labels' [n]"
             )
     a, b = _matrix(path, "a", arrays["a"]), _matrix(path, "b", arrays["b"])
     if len(a) != len(b):
-        raise ValueError(f"{path}: 'a' has {len(a)} rows but 'b' has {len(b)}: row i of 'a' pairs with row i of 'b'")
+        raise UserError(f"{path}: 'a' has {len(a)} rows but 'b' has {len(b)}: row i of 'a' pairs with row i of 'b'")
     if len(a) < MIN_PAIRS:
-        raise ValueError(f"{path}: {len(a)} pairs are too few: at least {MIN_PAIRS} are needed")
+        raise UserError(f"{path}: {len(a)} pairs are too few: at least {MIN_PAIRS} are needed")
     labels = arrays.get("labels")
     if labels is not None:
         if labels.shape != (len(a),):
-            raise ValueError(f"{path}: 'labels' has shape {labels.shape}: expected ({len(a)},), one per pair")
+            raise UserError(f"{path}: 'labels' has shape {labels.shape}: expected ({len(a)},), one per pair")
         if not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(f"{path}: 'labels' has dtype {labels.dtype}: expected integers")
+            raise UserError(f"{path}: 'labels' has dtype {labels.dtype}: expected integers")
     return Pairs(
         torch.from_numpy(a.astype(np.float32)),
         torch.from_numpy(b.astype(np.float32)),

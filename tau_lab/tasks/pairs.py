@@ -40,7 +40,7 @@ def read(path: str) -> Pairs:
     building the task all need it, and a researcher's file may be large. Do not modify the tensors."""
     file = Path(path)
     if not file.is_file():
-        return load_pairs(file)  # its one-line FileNotFoundError
+        return load_pairs(file)  # its one-line UserError
     stat = file.stat()
     return _read(path, str(file.resolve()), (stat.st_mtime_ns, stat.st_size))
 
@@ -58,7 +58,7 @@ class Data(Schema):
         """Check the file when the experiment is loaded, before a run directory is made."""
         try:
             read(path)
-        except (ValueError, FileNotFoundError) as err:
+        except ValueError as err:  # UserError
             raise ValueError(str(err).removeprefix(f"{path}: ")) from None
         return path
 
