@@ -6,20 +6,18 @@ loss and gradients of every member, the optimizer updates the live ones, and lea
 temperatures are clamped. A member whose loss (or, at logging steps, gradient or parameters)
 turns non-finite is marked diverged at that step and frozen; the others go on.
 
-A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState``: plain tensors,
-lists and numbers, read back with ``torch.load(weights_only=True)``, so a crafted file cannot run code)
-and the metrics it logged, appended as ``metrics/chunk-{i}-{until:08d}.parquet`` parts (the records of
-steps below ``until``) at every checkpoint and evaluation. A checkpoint holds the resolved configuration
-it was trained with; a resume with another one is refused.
+A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState.state_dict()``
+and the run's configuration; see ``tau_lab.checkpoint``) and the metrics it logged, appended as
+``metrics/chunk-{i}-{until:08d}.parquet`` parts (the records of steps below ``until``) at every checkpoint
+and evaluation, so a checkpoint never rewrites the log and a running run's metrics can be read
+(``results.read_metrics``).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import math
-import pickle
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,22 +30,20 @@ import torch
 from torch import Tensor
 
 from tau_lab import config, metrics, results
+from tau_lab.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointError,
+    check_same_config,
+    config_hash,
+    fingerprint,
+    load_checkpoint,
+)
 from tau_lab.errors import UserError
 from tau_lab.optim import Optimizer, build_optimizer
 from tau_lab.progress import Progress
 from tau_lab.tasks import TASKS
 from tau_lab.tasks.base import StepResult, Task
 from tau_lab.temperature import Temperature
-
-CHECKPOINT_FORMAT = 2  # 1: the pickled checkpoints of tau-lab ≤ 0.1, refused
-# Keys that may differ between a run and its resume: they name or place the run, or change how fast it
-# trains, not what it computes (a checkpoint is saved on the CPU and loads on any device; compile traces
-# the same step).
-RESUMABLE_CHANGES = ("name", "description", "device", "compile", "checkpoint_every")
-
-
-class CheckpointError(UserError):
-    """A checkpoint that cannot be resumed; the message names the file and how to recover."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -117,70 +113,7 @@ class MetricLog:
         return pd.concat([*frames, self._pending()], ignore_index=True)
 
 
-# ----------------------------------------------------------------------------- configuration identity
-
-
-def _number(value: Any) -> Any:
-    """Numbers as floats, in lists too: an unvalidated default ``4096`` is the ``4096.0`` read back."""
-    if isinstance(value, list | tuple):
-        return [_number(v) for v in value]
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"optimizer": {"lr": 0.1}}`` → ``{"optimizer.lr": "0.1"}`` (values as JSON)."""
-    out = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            out |= _flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = json.dumps(_number(value))
-    return out
-
-
-def fingerprint(experiment: config.Experiment) -> dict[str, str]:
-    """The resolved configuration as ``{dotted key: JSON value}``, without ``RESUMABLE_CHANGES``."""
-    raw = tomllib.loads(config.dumps(experiment))
-    return {key: value for key, value in _flat(raw).items() if key.split(".")[0] not in RESUMABLE_CHANGES}
-
-
-def _hash(identity: dict[str, str]) -> str:
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-
-
-def check_same_config(where: Path, saved: dict[str, str], now: dict[str, str]) -> None:
-    """Refuse to continue a run whose configuration ``saved`` differs from ``now``: one line naming the keys."""
-    keys = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    if not keys:
-        return
-    changes = "; ".join(f"{k}: {saved.get(k, '(unset)')} → {now.get(k, '(unset)')}" for k in keys[:5])
-    more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
-    raise UserError(
-        f"{where}: the run was trained with another configuration ({changes}{more}): resume it with its own "
-        "settings, or start a new run to change them (a finished run is not extended)"
-    )
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """A checkpoint's plain contents; anything else is one ``CheckpointError`` line that says how to recover."""
-    recover = f"delete {path} to train that chunk again from step 0 (the other chunks keep their progress)"
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # weights_only refuses any object that is not a tensor, list, number, …
-        raise CheckpointError(
-            f"{path}: refused: it holds Python objects that loading could run as code, not a tau-lab "
-            f"checkpoint; {recover}"
-        ) from None
-    except IsADirectoryError:
-        raise CheckpointError(f"{path}: is a directory, not a checkpoint; {recover}") from None
-    except Exception as err:  # an empty, truncated or garbage file: torch.load raises one of many kinds
-        raise CheckpointError(f"{path}: unreadable ({type(err).__name__}: truncated or corrupt); {recover}") from None
-    if not isinstance(saved, dict) or saved.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path}: not a checkpoint of this tau-lab version; {recover}")
-    return saved
+# ----------------------------------------------------------------------------- the population's state
 
 
 @dataclass
@@ -262,7 +195,7 @@ def _save(checkpoint: Path | None, state: PopulationState, identity: dict[str, s
     if checkpoint is None:
         return
     state.log.flush(state.step)  # the metrics first: a part past the checkpoint is dropped on resume
-    saved = state.state_dict() | {"config": identity, "config_hash": _hash(identity)}
+    saved = state.state_dict() | {"config": identity, "config_hash": config_hash(identity)}
     results.atomic_write(checkpoint, lambda tmp: torch.save(saved, tmp))
 
 
@@ -271,7 +204,7 @@ def _resume(checkpoint: Path | None, state: PopulationState, identity: dict[str,
         return
     if checkpoint.exists():
         saved = load_checkpoint(checkpoint)
-        if saved.get("config_hash") != _hash(identity):
+        if saved.get("config_hash") != config_hash(identity):
             check_same_config(checkpoint, saved.get("config", {}), identity)
         try:
             state.load_state_dict(saved)
@@ -306,7 +239,13 @@ def _mark_divergence(state: PopulationState, step: int, tau: Tensor, out: StepRe
 
 
 def _log(
-    state: PopulationState, step: int, task: Task, temperature: Temperature, tau: Tensor, out: StepResult, grads: dict
+    state: PopulationState,
+    step: int,
+    task: Task,
+    temperature: Temperature,
+    tau: Tensor,
+    out: StepResult,
+    grads: dict[str, Tensor],
 ) -> dict[str, Tensor]:
     """The logging step's metrics, each ``[K]``: the window's mean loss, gradient norms, τ, hardness, the
     task's diagnostics."""

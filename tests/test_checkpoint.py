@@ -40,8 +40,8 @@ def test_a_crafted_pickle_in_a_checkpoint_runs_no_code(tmp_path):
     run_dir, _ = _run(tmp_path)
     checkpoint = run_dir / "checkpoints" / "chunk-0.pt"
     marker = tmp_path / "pwned"
-    torch.save({"format": engine.CHECKPOINT_FORMAT, "step": _Payload(marker)}, checkpoint)
-    with pytest.raises(engine.CheckpointError) as err:
+    torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "step": _Payload(marker)}, checkpoint)
+    with pytest.raises(checkpoint.CheckpointError) as err:
         engine.run_sweep(_experiment(), "quadrants", run_dir=run_dir)
     assert not marker.exists()
     message = str(err.value)
