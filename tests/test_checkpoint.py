@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tau_lab import config, engine, results
+from tau_lab import checkpoint, config, engine, results
 from tau_lab.errors import UserError
 
 QUICK = ["steps=40", "log_every=10", "eval_every=20", "checkpoint_every=10", "sweep.tau=[0.1, 0.5]"]
@@ -38,14 +38,14 @@ class _Payload:
 
 def test_a_crafted_pickle_in_a_checkpoint_runs_no_code(tmp_path):
     run_dir, _ = _run(tmp_path)
-    checkpoint = run_dir / "checkpoints" / "chunk-0.pt"
+    path = run_dir / "checkpoints" / "chunk-0.pt"
     marker = tmp_path / "pwned"
-    torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "step": _Payload(marker)}, checkpoint)
+    torch.save({"format": checkpoint.CHECKPOINT_FORMAT, "step": _Payload(marker)}, path)
     with pytest.raises(checkpoint.CheckpointError) as err:
         engine.run_sweep(_experiment(), "quadrants", run_dir=run_dir)
     assert not marker.exists()
     message = str(err.value)
-    assert str(checkpoint) in message and "delete" in message and "\n" not in message
+    assert str(path) in message and "delete" in message and "\n" not in message
 
 
 @pytest.mark.parametrize(
