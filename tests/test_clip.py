@@ -12,6 +12,7 @@ from conftest import assert_population_matches_reference, default_float64
 
 from tau_lab import config, engine, metrics
 from tau_lab.data.captions import SYNONYMS
+from tau_lab.data.digits import load_digits
 from tau_lab.tasks.clip import CLIP, encode_image, encode_text, train_reference
 
 CPU = torch.device("cpu")
@@ -109,3 +110,13 @@ def test_member_reproduces_standalone_training_float64():
             "sweep.seeds=[0, 1]",
         )
         assert_population_matches_reference(exp, train_reference, rtol=1e-9, atol=1e-12)
+
+
+def test_a_batch_larger_than_the_training_images_is_clamped_and_recorded(capsys):
+    exp = _load("data.batch_size=5000")
+    n_train = len(load_digits(0.25, 0).train_y)
+    assert exp.data.batch_size == n_train
+    assert capsys.readouterr().err == (
+        f"warning: data.batch_size = 5000 is larger than the {n_train} training images: using batch_size = {n_train}\n"
+    )
+    assert f"batch_size = {n_train}" in config.dumps(exp)

@@ -27,7 +27,7 @@ from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from tau_lab import losses, metrics
@@ -39,16 +39,8 @@ from tau_lab.tasks.mlp import init_population, linear, mlp, mlp_module, seeded
 PIXELS = 64
 
 
-class Data(Schema):
-    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share of every class")
-    split_seed: int = Field(0, description="seed of the train/test split and of the test captions")
+class Data(contrastive.DigitsData):
     batch_size: int = Field(128, ge=2, description="image-caption pairs per step")
-
-    @model_validator(mode="after")
-    def _fits(self) -> Data:
-        available = contrastive.digits_train_size(self.test_fraction, self.split_seed)
-        self.batch_size = contrastive.clamp_batch_size(self.batch_size, available, "training images")
-        return self
 
 
 class Model(Schema):

@@ -2,6 +2,7 @@
 
 - ``Sweep``: τ, its mode and seeds, plus the temperature's own learning rate and weight decay per member;
 - ``clamp_batch_size``: a batch larger than the training set is cut to it, with one warning line;
+- ``DigitsData``: the ``[data]`` table the digits tasks share;
 - ``ContrastiveTask``: the base of the three: per-seed draws of the step's batch, the digits split, the
   similarity rows with the positive first, the shared inputs of evaluation;
 - ``geometry``: alignment, uniformity and tolerance of embeddings, in member chunks that fit memory;
@@ -16,13 +17,13 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 from torch import Tensor, nn
 
 from tau_lab import metrics
 from tau_lab.data.digits import load_digits
+from tau_lab.tasks.base import Schema, TaskBase, member_seeds, warn
 from tau_lab.tasks.base import Sweep as BaseSweep
-from tau_lab.tasks.base import TaskBase, member_seeds, warn
 
 PAIR_METRIC_BYTES = 2**28  # memory for the [members, pairs, D] tensors of uniformity and tolerance
 
@@ -46,6 +47,20 @@ class Sweep(BaseSweep):
     def _only_given_axes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         """An axis left out is no axis: it is not in the grid, the members table or ``config.toml``."""
         return {axis: values for axis, values in handler(self).items() if values is not None}
+
+
+class DigitsData(Schema):
+    """``[data]`` of a task on the digits: the split, and a batch that fits the training images."""
+
+    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share of every class")
+    split_seed: int = Field(0, description="seed of the train/test split and of the test set's views or captions")
+    batch_size: int = Field(128, ge=2, description="images per step")
+
+    @model_validator(mode="after")
+    def _fits(self) -> DigitsData:
+        available = digits_train_size(self.test_fraction, self.split_seed)
+        self.batch_size = clamp_batch_size(self.batch_size, available, "training images")
+        return self
 
 
 def clamp_batch_size(batch_size: int, available: int, what: str) -> int:

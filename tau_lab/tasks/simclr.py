@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from tau_lab import losses, metrics
@@ -33,20 +33,12 @@ from tau_lab.tasks.mlp import init_population, mlp, mlp_module, seeded
 PIXELS = 64
 
 
-class Data(Schema):
-    test_fraction: float = Field(0.25, gt=0, lt=1, description="held-out share of every class")
-    split_seed: int = Field(0, description="seed of the train/test split and of the test views")
+class Data(contrastive.DigitsData):
     batch_size: int = Field(128, ge=2, description="images per step (2B views)")
     augment: Augment = Augment()
     knn_k: int = Field(20, ge=1, description="neighbours of the k-NN classifier")
     probe_steps: int = Field(100, ge=1, description="full-batch Adam steps of the linear probe")
     probe_lr: float = Field(0.05, gt=0, description="learning rate of the linear probe")
-
-    @model_validator(mode="after")
-    def _fits(self) -> Data:
-        available = contrastive.digits_train_size(self.test_fraction, self.split_seed)
-        self.batch_size = contrastive.clamp_batch_size(self.batch_size, available, "training images")
-        return self
 
 
 class Model(Schema):
