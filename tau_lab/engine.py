@@ -15,11 +15,14 @@ and evaluation, so a checkpoint never rewrites the log and a running run's metri
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import signal
+import threading
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,14 @@ from tau_lab.progress import Progress
 from tau_lab.tasks import TASKS
 from tau_lab.tasks.base import StepResult, Task
 from tau_lab.temperature import Temperature
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during ``run_sweep``: ``run_dir`` is left resumable (``tau-lab sweep --resume RUN_DIR``)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"interrupted: continue with tau-lab sweep --resume {run_dir}")
+        self.run_dir = run_dir
 
 
 def resolve_device(name: str) -> torch.device:
@@ -280,6 +291,28 @@ def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable |
         state.alive &= ~state.pruned
 
 
+@contextlib.contextmanager
+def _interrupt_after_step() -> Iterator[list[bool]]:
+    """Ctrl-C (SIGINT) during training sets a flag the loop reads after each step, so that the population
+    checkpoints a consistent state before it stops; a second Ctrl-C stops at once. Only the main thread
+    can take signals: elsewhere Ctrl-C keeps its usual effect."""
+    interrupted = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        interrupted[0] = True
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # ----------------------------------------------------------------------------- the loop
 
 
@@ -318,38 +351,40 @@ def train_population(
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=experiment.precision == "bf16")
     bar = Progress(steps, min(state.step, steps), label, progress)
 
-    for step in range(state.step, steps + 1):
-        logging, last = step % experiment.log_every == 0 or step == steps, step == steps
-        # forward and backward: every member's loss, gradients and ∂L/∂τ at its τ of this step
-        tau = temperature(step).detach()
-        with autocast:
-            out = step_fn(task.params, tau, task.batch(step))
-        grads = dict(out.grads)
-        if trains_tau or logging:
-            grads["logit_scale"] = temperature.logit_scale_grad(tau, out.grad_tau, step)
-        # divergence: non-finite members are frozen (gradients and parameters are checked when logging)
-        _mark_divergence(state, step, tau, out, [*grads.values(), *params.values()] if logging else [])
-        # logging and evaluation (a search's pruner may freeze members here)
-        if logging:
-            losses = _log(state, step, task, temperature, tau, out, grads)["loss"][state.alive]
-            bar.status(int(state.alive.sum()), len(rows), *((losses.min(), losses.max()) if len(losses) else ()))
-        if step % experiment.eval_every == 0 or last:
-            _evaluate(state, step, task, on_eval)
-            state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
-        if last:
-            break
-        # the update of the live members, then the clamp of learnable τ
-        masks = {name: state.alive for name in task.params}
-        if trains_tau:
-            masks["logit_scale"] = state.alive & temperature.learnable
-        state.optimizer.step(trained, grads, masks)
-        temperature.clamp_()
-        state.step = step + 1
-        bar.update(state.step)
-        # checkpoint
-        if experiment.checkpoint_every and state.step % experiment.checkpoint_every == 0:
-            _save(checkpoint, state, identity)
-    bar.close()
+    with _interrupt_after_step() as interrupted, contextlib.closing(bar):
+        for step in range(state.step, steps + 1):
+            logging, last = step % experiment.log_every == 0 or step == steps, step == steps
+            # forward and backward: every member's loss, gradients and ∂L/∂τ at its τ of this step
+            tau = temperature(step).detach()
+            with autocast:
+                out = step_fn(task.params, tau, task.batch(step))
+            grads = dict(out.grads)
+            if trains_tau or logging:
+                grads["logit_scale"] = temperature.logit_scale_grad(tau, out.grad_tau, step)
+            # divergence: non-finite members are frozen (gradients and parameters are checked when logging)
+            _mark_divergence(state, step, tau, out, [*grads.values(), *params.values()] if logging else [])
+            # logging and evaluation (a search's pruner may freeze members here)
+            if logging:
+                losses = _log(state, step, task, temperature, tau, out, grads)["loss"][state.alive]
+                bar.status(int(state.alive.sum()), len(rows), *((losses.min(), losses.max()) if len(losses) else ()))
+            if step % experiment.eval_every == 0 or last:
+                _evaluate(state, step, task, on_eval)
+                state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
+            if last:
+                break
+            # the update of the live members, then the clamp of learnable τ
+            masks = {name: state.alive for name in task.params}
+            if trains_tau:
+                masks["logit_scale"] = state.alive & temperature.learnable
+            state.optimizer.step(trained, grads, masks)
+            temperature.clamp_()
+            state.step = step + 1
+            bar.update(state.step)
+            # checkpoint; after Ctrl-C, one more and stop: the run resumes from this very step
+            if interrupted[0] or (experiment.checkpoint_every and state.step % experiment.checkpoint_every == 0):
+                _save(checkpoint, state, identity)
+            if interrupted[0]:
+                raise KeyboardInterrupt
 
     if state.step <= steps:  # not resumed from a finished checkpoint
         state.step = steps + 1
@@ -410,6 +445,7 @@ def run_sweep(
 ) -> tuple[Path, dict[str, pd.DataFrame]]:
     """Train every member of ``experiment`` and write its run directory.
 
+    Ctrl-C checkpoints the step it stopped at and raises ``Interrupted`` with the run directory.
     With ``run_dir`` given (``--resume``), continue that run from its checkpoints; its ``config.toml`` must
     match ``experiment`` but for ``RESUMABLE_CHANGES``. ``rows`` trains these members instead of the grid (a
     search's trials). ``on_eval(chunk, step, evaluation)`` is ``train_population``'s pruning hook, given the
@@ -431,7 +467,10 @@ def run_sweep(
         checkpoint = run_dir / "checkpoints" / f"chunk-{i}.pt"
         hook = None if on_eval is None else functools.partial(on_eval, chunk)
         label = f"chunk {i + 1}/{len(populations)}"
-        outputs.append(train_population(experiment, chunk, device, checkpoint, progress, hook, label))
+        try:
+            outputs.append(train_population(experiment, chunk, device, checkpoint, progress, hook, label))
+        except KeyboardInterrupt:
+            raise Interrupted(run_dir) from None
     out = tables(rows, outputs)
     for table_name, df in out.items():
         results.write_table(df, run_dir / table_name, csv=table_name == "members")

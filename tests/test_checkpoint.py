@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 from pathlib import Path
 
 import pandas as pd
@@ -13,6 +14,7 @@ import torch
 
 from tau_lab import checkpoint, config, engine, results
 from tau_lab.errors import UserError
+from tau_lab.tasks.quadrants import Quadrants
 
 QUICK = ["steps=40", "log_every=10", "eval_every=20", "checkpoint_every=10", "sweep.tau=[0.1, 0.5]"]
 
@@ -153,3 +155,26 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, cap
     assert len(lines) == 3
     assert lines[-1].startswith("chunk 1/1: step 3/3 · 4/4 alive · loss ")
     assert "steps/s" in lines[-1] and lines[-1].endswith("left")
+
+
+def test_ctrl_c_checkpoints_the_step_it_stopped_at_and_the_run_resumes_exactly(tmp_path, monkeypatch):
+    experiment = _experiment("checkpoint_every=0")  # no periodic checkpoint: only Ctrl-C's
+    _, full = engine.run_sweep(experiment, "quadrants", root=tmp_path / "full")
+    real_batch = Quadrants.batch
+
+    def batch_then_ctrl_c(task, step):
+        if step == 23:
+            os.kill(os.getpid(), signal.SIGINT)  # delivered in the middle of step 23
+        return real_batch(task, step)
+
+    monkeypatch.setattr(Quadrants, "batch", batch_then_ctrl_c)
+    with pytest.raises(engine.Interrupted) as err:
+        engine.run_sweep(experiment, "quadrants", root=tmp_path / "cut")
+    monkeypatch.undo()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    run_dir = next((tmp_path / "cut" / "quadrants").iterdir())
+    assert err.value.run_dir == run_dir and str(err.value).endswith(f"--resume {run_dir}")
+    assert torch.load(run_dir / "checkpoints" / "chunk-0.pt", weights_only=True)["step"] == 24
+    _, resumed = engine.run_sweep(experiment, "quadrants", run_dir=run_dir)
+    for name in ("members", "metrics", "embeddings"):
+        pd.testing.assert_frame_equal(resumed[name], full[name])
