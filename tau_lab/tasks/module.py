@@ -6,9 +6,10 @@ applied to two views for SimCLR, an image and a text tower for CLIP). ``[data] f
 "mypkg.data:pairs"`` names a function returning ``(a, b)`` or ``(a, b, labels)``: tensors with
 the pairs on the first axis, or a ``torch.utils.data.Dataset`` of such tuples (stacked once).
 
-The population is one module definition and stacked weights (``torch.func.stack_module_state``), the
-factory called under ``torch.manual_seed(seed)`` so members of one seed share their initial weights, and
-one ``vmap`` of ``functional_call`` runs every member's forward in a single batched call:
+The population is one module definition and its weights stacked on a member axis (as
+``torch.func.stack_module_state`` stacks them), the factory called under ``torch.manual_seed(seed)`` so
+members of one seed share their initial weights, and one ``vmap`` of ``functional_call`` runs every
+member's forward in a single batched call:
 
     u, v = vmap(functional_call(module, ·, (a_k, b_k)))(params, a, b)      [K, B, D] each
     L = clip_loss(u, v; τ) | nt_xent(u, v; τ) | info_nce(u → v; τ)          [K]
@@ -36,13 +37,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from tau_lab import losses, metrics
 from tau_lab.data.pairs import split
 from tau_lab.errors import UserError
 from tau_lab.tasks import contrastive
-from tau_lab.tasks.common import StepResult, autograd_step, member_seeds
+from tau_lab.tasks.common import StepResult, autograd_step, member_seeds, stack_modules
 from tau_lab.tasks.mlp import seeded
 
 
@@ -160,8 +161,8 @@ class ModuleTask:
         self.batch_size = min(self.data["batch_size"], len(self.train_a))
         self.seeds, self.seed_row = member_seeds(members, device)
         modules = [build_module(experiment.model, s).to(device, dtype) for s in self.seeds]
-        stacked, _ = stack_module_state(modules)
-        self.params = {name: p.detach()[self.seed_row].contiguous() for name, p in stacked.items()}
+        stacked = stack_modules(modules, {name: name for name, _ in modules[0].named_parameters()})
+        self.params = {name: p[self.seed_row].contiguous() for name, p in stacked.items()}
         self.module = copy.deepcopy(modules[0]).to("meta")  # the definition; weights come from params
         self.columns = losses.positive_first(self.batch_size, views=False, device=device)
 
