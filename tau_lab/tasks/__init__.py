@@ -2,8 +2,16 @@
 
 from tau_lab.tasks.clip import CLIP
 from tau_lab.tasks.distill import Distill
+from tau_lab.tasks.module import ModuleTask
 from tau_lab.tasks.pairs import PairsTask
 from tau_lab.tasks.quadrants import Quadrants
 from tau_lab.tasks.simclr import SimCLR
 
-TASKS = {"quadrants": Quadrants, "simclr": SimCLR, "clip": CLIP, "pairs": PairsTask, "distill": Distill}
+TASKS = {
+    "quadrants": Quadrants,
+    "simclr": SimCLR,
+    "clip": CLIP,
+    "pairs": PairsTask,
+    "distill": Distill,
+    "module": ModuleTask,
+}
