@@ -20,12 +20,12 @@ import argparse
 import platform
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import best_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/ as a package-free import
 
@@ -50,17 +50,6 @@ def heads() -> torch.nn.Module:
 
 def pairs_data() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(PAIRS["a"]), torch.from_numpy(PAIRS["b"])
-
-
-def rounds(runs: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Best seconds of each run over ``repeats`` interleaved rounds."""
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
 
 
 def stepper(task: object, steps: int) -> Callable[[], None]:
@@ -104,7 +93,7 @@ def pairs_case(members: int, steps: int, repeats: int, tmp: Path) -> dict[str, f
     runs = {"hand-batched pairs step": stepper(hand_task, steps), "module task (vmap)": stepper(module_task, steps)}
     for run in runs.values():
         run()  # warm-up
-    return {name: members * steps / s for name, s in rounds(runs, repeats).items()}
+    return {name: members * steps / s for name, s in best_of(runs, repeats).items()}
 
 
 def cnn_case(members: int, steps: int, repeats: int) -> dict[str, float]:
@@ -131,7 +120,7 @@ def cnn_case(members: int, steps: int, repeats: int) -> dict[str, float]:
     runs = {"per-member loop": loop, "module task (vmap)": stepper(task, steps)}
     for run in runs.values():
         run()
-    return {name: members * steps / s for name, s in rounds(runs, repeats).items()}
+    return {name: members * steps / s for name, s in best_of(runs, repeats).items()}
 
 
 def report(title: str, rates: dict[str, float]) -> None:

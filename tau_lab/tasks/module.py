@@ -35,15 +35,15 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from tau_lab import losses, metrics
 from tau_lab.data.pairs import split
 from tau_lab.errors import UserError
-from tau_lab.tasks import contrastive
-from tau_lab.tasks.common import StepResult, autograd_step, member_seeds, stack_modules
+from tau_lab.tasks import contrastive, reference
+from tau_lab.tasks.base import Schema, StepResult, autograd_step, stack_modules
 from tau_lab.tasks.mlp import seeded
 
 
@@ -95,8 +95,7 @@ def call(spec: str, kwargs: dict[str, Any], key: str) -> Any:
     return fn(**kwargs)
 
 
-class Data(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Data(Schema):
     factory: str = Field(description="'package.module:function' returning (a, b[, labels]) or a Dataset of them")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of the factory")
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the pairs (of every class)")
@@ -104,62 +103,62 @@ class Data(BaseModel):
     batch_size: int = Field(64, ge=2, description="pairs per step")
 
 
-class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Model(Schema):
     factory: str = Field(description="'package.module:function' returning an nn.Module with forward(a, b) -> (u, v)")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of the factory")
     loss: Literal["clip", "nt_xent", "info_nce"] = Field("clip", description="the loss of u and v")
 
 
-def load_data(data: Any) -> tuple[Tensor, Tensor, Tensor | None]:
+def load_data(data: Data) -> tuple[Tensor, Tensor, Tensor | None]:
     """The factory's pairs as tensors ``a [n, ...]``, ``b [n, ...]``, ``labels [n]`` or ``None``."""
-    out = call(data["factory"], data["kwargs"], "data.factory")
+    out = call(data.factory, data.kwargs, "data.factory")
     if isinstance(out, torch.utils.data.Dataset):
         items = [out[i] for i in range(len(out))]  # type: ignore[arg-type]
         out = tuple(torch.stack([torch.as_tensor(item[j]) for item in items]) for j in range(len(items[0])))
     if not isinstance(out, tuple | list) or len(out) not in (2, 3):
-        raise UserError(f"data.factory = {data['factory']!r} returned {type(out).__name__}: expected (a, b[, labels])")
+        raise UserError(f"data.factory = {data.factory!r} returned {type(out).__name__}: expected (a, b[, labels])")
     a, b, *rest = (torch.as_tensor(x) for x in out)
     labels = rest[0].long() if rest else None
     if len(a) != len(b) or (labels is not None and len(labels) != len(a)):
         sizes = [len(x) for x in out]
-        raise UserError(f"data.factory = {data['factory']!r}: a, b (and labels) have {sizes} rows: they must agree")
+        raise UserError(f"data.factory = {data.factory!r}: a, b (and labels) have {sizes} rows: they must agree")
     for name, x in (("a", a), ("b", b)):
         if x.is_floating_point() and not torch.isfinite(x).all():
-            raise UserError(f"data.factory = {data['factory']!r}: '{name}' has NaN or infinite values")
+            raise UserError(f"data.factory = {data.factory!r}: '{name}' has NaN or infinite values")
     return a, b, labels
 
 
-def build_module(model: Any, seed: int) -> nn.Module:
+def build_module(model: Model, seed: int) -> nn.Module:
     """The model factory's module for ``seed``; refused with one line when it has buffers."""
-    module = seeded(seed, lambda: call(model["factory"], model["kwargs"], "model.factory"))
+    module = seeded(seed, lambda: call(model.factory, model.kwargs, "model.factory"))
     if not isinstance(module, nn.Module):
-        raise UserError(f"model.factory = {model['factory']!r} returned {type(module).__name__}: expected an nn.Module")
+        raise UserError(f"model.factory = {model.factory!r} returned {type(module).__name__}: expected an nn.Module")
     buffers = [name for name, _ in module.named_buffers()]
     if buffers:
         raise UserError(
-            f"model.factory = {model['factory']!r}: the module has buffers ({', '.join(buffers[:3])}…): running "
+            f"model.factory = {model.factory!r}: the module has buffers ({', '.join(buffers[:3])}…): running "
             "statistics cannot be kept per member; use GroupNorm/LayerNorm or BatchNorm(track_running_stats=False)"
         )
     return module
 
 
-class ModuleTask:
+class ModuleTask(contrastive.ContrastiveTask):
     """The population: the factory's parameters stacked over members, ``{name: [K, ...]}``."""
 
     Data, Model, Sweep = Data, Model, contrastive.Sweep
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
-        self.data, self.loss, self.device = experiment.data, experiment.model["loss"], device
+        super().__init__(experiment, members, device)
+        self.loss = experiment.model.loss
         a, b, labels = load_data(self.data)
-        test = split(len(a), labels, self.data["test_fraction"], self.data["split_seed"])
+        test = split(len(a), labels, self.data.test_fraction, self.data.split_seed)
         dtype = torch.get_default_dtype()
         a, b = (x.to(device, dtype) if x.is_floating_point() else x.to(device) for x in (a, b))
         test = test.to(device)
         self.train_a, self.train_b, self.test_a, self.test_b = a[~test], b[~test], a[test], b[test]
         self.test_labels = None if labels is None else labels.to(device)[test]
-        self.batch_size = min(self.data["batch_size"], len(self.train_a))
-        self.seeds, self.seed_row = member_seeds(members, device)
+        self.n_train = len(self.train_a)
+        self.batch_size = contrastive.clamp_batch_size(self.data.batch_size, self.n_train, "training pairs")
         modules = [build_module(experiment.model, s).to(device, dtype) for s in self.seeds]
         stacked = stack_modules(modules, {name: name for name, _ in modules[0].named_parameters()})
         self.params = {name: p[self.seed_row].contiguous() for name, p in stacked.items()}
@@ -172,11 +171,7 @@ class ModuleTask:
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Every member's training pairs ``[K, B, ...]``: drawn once per seed, from the seed's stream at ``step``."""
-        draws = [
-            contrastive.draw_batch(len(self.train_a), self.batch_size, contrastive.step_generator(s, step, self.device))
-            for s in self.seeds
-        ]
-        idx = torch.stack(draws)[self.seed_row]
+        idx = self.indices(step)
         return self.train_a[idx], self.train_b[idx]
 
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: tuple[Tensor, Tensor]) -> StepResult:
@@ -184,8 +179,7 @@ class ModuleTask:
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
             u, v = self._forward(p, *batch)
-            un, vn = F.normalize(u.detach(), dim=-1), F.normalize(v.detach(), dim=-1)
-            sims = (un @ vn.transpose(1, 2)).gather(2, self.columns.expand(len(u), -1, -1))
+            sims = self.similarities(u, v)
             if self.loss == "clip":
                 return losses.clip_loss(u, v, t), sims
             if self.loss == "nt_xent":
@@ -193,9 +187,6 @@ class ModuleTask:
             return losses.info_nce(u, v, t, target=torch.arange(u.shape[1], device=u.device)), sims
 
         return autograd_step(loss_fn, params, tau)
-
-    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
-        return {}
 
     def _test(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         k = len(self.seed_row)
@@ -222,10 +213,10 @@ class ModuleTask:
         a, b, _ = load_data(experiment.data)
         per_pair = a[0].numel() + b[0].numel()
         module = build_module(experiment.model, 0)
-        return contrastive.member_bytes(module, 64 * experiment.data["batch_size"] * per_pair)
+        return contrastive.member_bytes(module, 64 * experiment.data.batch_size * per_pair)
 
 
-def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module, Tensor, list[float]]:
+def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
     """One member trained alone: the factory's module and ``torch.optim`` on the member's batches, the loss
     written as a training script writes it (``F.cross_entropy`` of ``s/τ``), not with ``tau_lab.losses``."""
     task = ModuleTask(experiment, [member], torch.device("cpu"))
@@ -233,7 +224,7 @@ def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module,
     n = task.batch_size
     target, self_pairs, twins = torch.arange(n), torch.eye(2 * n, dtype=torch.bool), torch.arange(2 * n).roll(n)
 
-    def loss_fn(net: nn.Module, tau: Tensor | float, step: int) -> Tensor:
+    def loss_fn(net: nn.Module, tau: Tensor, step: int) -> Tensor:
         a, b = (x[0] for x in task.batch(step))
         u, v = (F.normalize(z, dim=-1) for z in net(a, b))
         if task.loss == "nt_xent":
@@ -244,4 +235,4 @@ def train_reference(experiment: Any, member: dict[str, Any]) -> tuple[nn.Module,
             return F.cross_entropy(logits, target)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
-    return contrastive.train_reference(experiment, member, model, loss_fn)
+    return reference.train_reference(experiment, member, model, loss_fn)
