@@ -17,7 +17,7 @@ import torch
 from conftest import default_float64
 
 from tau_lab import config, engine
-from tau_lab.tasks import clip, distill, pairs, quadrants, simclr
+from tau_lab.tasks import clip, distill, module, pairs, quadrants, simclr
 from tau_lab.teacher import load_teacher
 from tau_lab.temperature import MODES, Temperature
 
@@ -42,6 +42,8 @@ TASKS = {
     "clip": ("digits_clip", [*DIGITS, "model.width=8", "sweep.caption_noise=[0.2]"], clip.train_reference, {}),
     "pairs_clip": (None, ["model.loss='clip'", "model.hidden=6"], pairs.train_reference, {}),
     "pairs_info_nce": (None, ["model.loss='info_nce'"], pairs.train_reference, {}),
+    # any nn.Module through torch.func: the towers of tests/test_module_task.py, NT-Xent over both sides
+    "module": ("module.toml", ["model.loss='nt_xent'"], module.train_reference, {}),
     "distill": (
         "digits_kd",
         [
@@ -85,6 +87,11 @@ def test_population_member_equals_its_reference_run(task, mode, pairs_file, tmp_
     if name is None:
         toml = tmp_path / "pairs.toml"
         toml.write_text(f'task = "pairs"\n[data]\npath = "{pairs_file}"\nbatch_size = 16\n')
+        name = str(toml)
+    elif name == "module.toml":
+        toml = tmp_path / name
+        factories = '[model]\nfactory = "test_module_task:towers"\n[data]\nfactory = "test_module_task:pairs"\n'
+        toml.write_text(f'task = "module"\n{factories}batch_size = 8\n')
         name = str(toml)
     train_reference = train_reference or distill.train_reference
     exp, _ = config.load_experiment(name, [*COMMON, *overrides, f"sweep.tau_mode=['{mode}']"])
