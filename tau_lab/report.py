@@ -37,9 +37,8 @@ SUMMARY_METRICS = {  # column: heading in the members table
 }
 TOP_TRIALS = 20  # rows of a search's trials table in its report
 
-Block = tuple[
-    str, Any
-]  # ("p", text) | ("ul", [text]) | ("table", DataFrame) | ("code", text) | ("img", (path, caption))
+# ("p", text) | ("ul", [text]) | ("table", DataFrame) | ("code", toml) | ("shell", command) | ("img", (path, title))
+Block = tuple[str, Any]
 Sections = list[tuple[str, list[Block]]]
 
 
@@ -100,7 +99,7 @@ def _run_sections(run_dir: Path, figures: list[Path]) -> tuple[str, Sections]:
             f"{cfg.get('steps', '?')} steps of task {cfg.get('task', '?')} on {env.get('device', '?')}.",
         )
     )
-    what: list[Block] = [("p", f"Reproduce: `tau-lab sweep {run_dir / 'config.toml'}`")]
+    what: list[Block] = [("p", "Reproduce:"), ("shell", f"tau-lab sweep {run_dir / 'config.toml'}")]
     if config_text:
         what += [("p", "Resolved configuration (config.toml):"), ("code", config_text)]
     if env:
@@ -136,7 +135,10 @@ def _search_sections(directory: Path, figures: list[Path]) -> tuple[str, Section
     table = ranked[["number", "value", *params]].rename(columns=lambda c: c.removeprefix("params_"))
     table = table.map(_cell) if not table.empty else table
     configs = sorted(directory.glob("*/config.toml"))
-    what: list[Block] = [("p", f"Trials table: `{directory / 'trials.parquet'}` (and trials.csv).")]
+    what: list[Block] = [
+        ("p", "Trials table (and trials.csv beside it):"),
+        ("shell", str(directory / "trials.parquet")),
+    ]
     if configs:
         what += [("p", f"Configuration of the first batch ({configs[0].parent.name}/config.toml):")]
         what += [("code", configs[0].read_text())]
@@ -154,9 +156,8 @@ def _cell(value: Any) -> str:
 
 
 def _md_text(text: str) -> str:
-    """Markdown text with HTML escaped outside `code` spans (inside them markdown shows it verbatim)."""
-    parts = text.split("`")
-    return "`".join(p if i % 2 else html.escape(p, quote=False) for i, p in enumerate(parts))
+    """Markdown prose with its HTML escaped: ``<script>`` in a description shows as text."""
+    return html.escape(text, quote=False)
 
 
 def _fence(text: str) -> str:
@@ -175,9 +176,9 @@ def _markdown(title: str, sections: Sections, base: Path) -> str:
                 lines += [_md_text(value), ""]
             elif kind == "ul":
                 lines += [f"- {_md_text(item)}" for item in value] + [""]
-            elif kind == "code":
+            elif kind in ("code", "shell"):  # verbatim inside a fence that the text cannot close
                 fence = _fence(value)
-                lines += [f"{fence}toml", value.rstrip(), fence, ""]
+                lines += [fence + ("toml" if kind == "code" else "sh"), value.rstrip(), fence, ""]
             elif kind == "table":
                 cells = [[_md_text(str(c)).replace("|", "\\|") for c in row] for row in value.itertuples(index=False)]
                 lines += ["| " + " | ".join(_md_text(str(c)) for c in value.columns) + " |"]
@@ -197,12 +198,6 @@ def _data_uri(path: Path) -> str | None:
     return None if kind is None else f"data:{kind};base64,{base64.b64encode(path.read_bytes()).decode('ascii')}"
 
 
-def _inline(text: str) -> str:
-    """Escape, then turn `code` spans into <code>: the only markdown the sections use."""
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
-
-
 STYLE = """body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;color:#222}
 table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem}
 th{background:#f3f3f3}td{text-align:right;white-space:nowrap}td:first-child{text-align:left}
@@ -218,10 +213,10 @@ def _html(title: str, sections: Sections) -> str:
             out.append(f"<h2>{html.escape(heading)}</h2>")
         for kind, value in blocks:
             if kind == "p":
-                out.append(f"<p>{_inline(value)}</p>")
+                out.append(f"<p>{html.escape(value)}</p>")
             elif kind == "ul":
-                out.append("<ul>" + "".join(f"<li>{_inline(item)}</li>" for item in value) + "</ul>")
-            elif kind == "code":
+                out.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in value) + "</ul>")
+            elif kind in ("code", "shell"):
                 out.append(f"<pre><code>{html.escape(value)}</code></pre>")
             elif kind == "table":
                 head = "".join(f"<th>{html.escape(str(c))}</th>" for c in value.columns)

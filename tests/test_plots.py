@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from tau_lab import config, engine, figures, report, results, search
 from tau_lab.analysis import distill
 from tau_lab.cli import app
-from tau_lab.figures import clip, softmax, style, vs_tau
+from tau_lab.figures import clip, curves, softmax, style, vs_tau
 from tau_lab.figures import distill as distill_figures
 from tau_lab.figures import search as search_figures
 from tau_lab.figures.runs import load_runs
@@ -395,3 +395,39 @@ def test_table_plot_writes_the_softmax_figure(tmp_path: Path) -> None:
     assert sorted(marked[0].get_xdata()) == [0.01, 0.05, 0.5, 1]
     bad = CliRunner().invoke(app, [*args, "--plot", str(tmp_path / "softmax.jpg")])
     assert bad.exit_code == 2 and "suffix must be one of" in bad.output
+
+
+# ------------------------------------------------------------------ what a figure pools; which task gets which figure
+
+
+def test_distillation_titles_count_what_each_line_pools(distill_run: Path) -> None:
+    runs = load_runs([distill_run])
+    # a line is a τ mode and an initial T; it pools the seeds and every other grid axis of the task
+    per_line = runs.members.groupby(["tau_mode", "tau_init"]).size()
+    assert set(per_line) == {16}
+    title = drawn(curves.training_curves, runs)._suptitle.get_text()
+    assert "each line pools 16 members (2 seeds × 2 α × 2 T² settings × 2 labelled fractions)" in title
+    assert "mean over 2 seeds" not in title  # the old title, which hid the pooled axes
+    # a point of the gradient figure is a T² setting and a T: it pools seeds, α and fractions
+    title = drawn(distill_figures.distill_gradients, runs)._suptitle.get_text()
+    assert "each point pools 8 members (2 seeds × 2 α × 2 labelled fractions)" in title
+    # a heatmap cell is one (fraction, T², α, T): only the seeds are pooled
+    assert "mean over 2 seeds" in drawn(distill_figures.distill_accuracy, runs)._suptitle.get_text()
+
+
+def test_seeds_alone_are_named_as_before(run_dir: Path) -> None:
+    runs = load_runs([run_dir])
+    assert "mean over 2 seeds, band min–max" in drawn(curves.training_curves, runs)._suptitle.get_text()
+    assert "mean over 2 seeds, bars ± sd" in drawn(vs_tau.final_metrics, runs)._suptitle.get_text()
+
+
+def test_figures_are_chosen_by_the_task_in_config_toml(tmp_path: Path) -> None:
+    run_dir = hand_made_run(tmp_path)
+    # the hand-made table has the geometry columns; recorded as a distillation run it gets no geometry figure
+    (run_dir / "config.toml").write_text('task = "distill"\n')
+    assert [p.name for p in figures.plot_run([run_dir])] == ["training_curves.png"]
+    (run_dir / "config.toml").write_text('task = "simclr"\n')
+    assert [p.name for p in figures.plot_run([run_dir])] == ["training_curves.png", "final_metrics.png", "planes.png"]
+    specs = figures.run_figures() + figures.search_figures()
+    assert len({s.name for s in specs}) == len(specs) and all(s.caption for s in specs)
+    assert figures.caption("quadrants-run-2") == next(s.caption for s in specs if s.name == "quadrants")

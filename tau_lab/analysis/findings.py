@@ -150,9 +150,14 @@ def best_finding(
     direction = "lower" if lower else "higher"
     if table["seeds"].max() < 2 or (len(table) > 1 and (table["pairs"].iloc[1:] < 2).all()):
         extreme = "lowest" if lower else "highest"
+        why = (
+            "one seed per setting"
+            if table["seeds"].max() < 2
+            else f"the {extreme} setting shares fewer than two finished seeds with every other"
+        )
         return (
-            f"{prefix}{name[0].upper() + name[1:]} ({direction} is better): one seed per setting, so no interval is "
-            f"possible and no setting is called best (the {extreme} value, {number(best['mean'])}, is at "
+            f"{prefix}{name[0].upper() + name[1:]} ({direction} is better): {why}, so no interval is possible and "
+            f"no setting is called best (the {extreme} mean, {number(best['mean'])}, is at "
             f"{_setting_text(best, by, final, symbol)})."
         )
     label = f"{'Lowest' if lower else 'Highest'} (best) {name}"
