@@ -156,8 +156,12 @@ def _cell(value: Any) -> str:
 
 
 def _md_text(text: str) -> str:
-    """Markdown prose with its HTML escaped: ``<script>`` in a description shows as text."""
-    return html.escape(text, quote=False)
+    """Markdown prose whose raw HTML is escaped: ``<script>`` in a description shows as text.
+
+    Markdown reads ``<`` as HTML only before a letter, ``/``, ``!`` or ``?`` (tags, comments, declarations,
+    autolinks); every other ``<``, as in "gradient norm < 1e-06", stays readable in the plain file.
+    """
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
 
 
 def _fence(text: str) -> str:
