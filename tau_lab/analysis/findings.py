@@ -36,6 +36,7 @@ GEOMETRY = [  # column, what it is, lower is better (quadrants' headline, and th
     ("alignment", "alignment (closeness of positives)", True),
 ]
 TRENDS = [("tolerance", "Same-class similarity (tolerance)"), ("cross_similarity", "Cross-class similarity")]
+AXIS_WORDS = {"alpha": "α", "labeled_fraction": "labelled fraction"}  # axes named in words; others by their key
 DISTILL_COLUMNS = {"accuracy", "alpha", "t2_scaling", "labeled_fraction", "kl_teacher", "ece", "tau"}
 
 
@@ -61,8 +62,12 @@ def mode_order(members: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(members["tau_mode"]))
 
 
-def _value_text(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+def axis_text(axis: str, value: object) -> str:
+    """A grid axis at one value, in words: ``α = 0.9``, ``with T²``, ``caption_noise = 0.3``."""
+    if axis == "t2_scaling":
+        return "with T²" if value else "without T²"
+    shown = f"{value:g}" if isinstance(value, float) else str(value)
+    return f"{AXIS_WORDS.get(axis, axis)} = {shown}"
 
 
 def _contexts(ok: pd.DataFrame, within: list[str]) -> Iterator[tuple[str, pd.DataFrame]]:
@@ -73,7 +78,7 @@ def _contexts(ok: pd.DataFrame, within: list[str]) -> Iterator[tuple[str, pd.Dat
         return
     for key, part in ok.groupby(within, sort=True):
         key = key if isinstance(key, tuple) else (key,)
-        yield ", ".join(f"{a} = {_value_text(v)}" for a, v in zip(within, key, strict=True)) + ": ", part
+        yield ", ".join(axis_text(a, v) for a, v in zip(within, key, strict=True)) + ": ", part
 
 
 def _final_tau(ok: pd.DataFrame, by: list[str]) -> pd.Series:
@@ -87,7 +92,7 @@ def _setting_text(row: pd.Series, by: list[str], final: pd.Series, symbol: str =
     key = tuple(row[b] for b in by)
     text = where(row["tau_mode"], row["tau_init"], final.get(key if len(by) > 1 else key[0]), symbol)
     extra = [b for b in by if b not in TAU]
-    return text + "".join(f", {b} = {_value_text(row[b])}" for b in extra)
+    return text + "".join(f", {axis_text(b, row[b])}" for b in extra)
 
 
 def _edge(part: pd.DataFrame, best: pd.Series, symbol: str) -> str:
