@@ -90,6 +90,7 @@ def pooled_text(members: pd.DataFrame, by: Sequence[str], unit: str = "line", ba
     """What each ``unit`` of a figure pools, for its title: ``mean over 3 seeds, band min–max`` when only
     seeds are pooled, else ``each line pools 54 members (3 seeds × 3 α × 2 T² settings × 3 labelled
     fractions): mean, band min–max``; ``1 seed`` when nothing is."""
+    by = [b for b in by if b in members.columns]  # an axis the table lacks splits nothing
     counts = pooled(members, by)
     if not counts:
         return "1 seed"
