@@ -136,6 +136,18 @@ def test_one_seed_names_no_best() -> None:
     assert "best)" not in sentence and "Lowest" not in sentence
 
 
+def test_ties_seed_for_seed_name_no_best() -> None:
+    """A saturated recall, and α = 0 where every T trains the same student: equal numbers are no winner."""
+    saturated = table({0.05: [1.0, 1.0], 0.1: [1.0, 1.0], 0.3: [1.0, 1.0]}, metric="recall_a2b")
+    (sentence,) = [s for s in findings(saturated) if "ecall" in s]
+    assert sentence == "Recall@1 a → b is 1.000 at all 3 settings, seed for seed: no setting is better."
+    partial = table({0.05: [0.9, 0.8], 0.1: [0.9, 0.8], 0.3: [0.5, 0.4]}, metric="recall_a2b")
+    (sentence,) = [s for s in findings(partial) if "ecall" in s]
+    assert "Tied seed for seed with τ = 0.1 (fixed): the best is not unique." in sentence
+    assert "extend the grid" not in sentence  # the best is not one τ, so not one edge
+    assert "distinguishable from all 1 other settings (closest: τ = 0.3 (fixed), Δ = 0.400" in sentence
+
+
 def test_every_task_gets_a_finding_on_its_headline_metric() -> None:
     three = {0.1: [0.8, 0.82, 0.81], 0.5: [0.6, 0.61, 0.62]}
     for column, words in [

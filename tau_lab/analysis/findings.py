@@ -111,7 +111,7 @@ def paired_sentence(table: pd.DataFrame, by: list[str], final: pd.Series, symbol
     """The paired comparisons of ``compare_to_best``'s table, as a sentence about its best row."""
     others = table[~table["best"]]
     if others.empty:
-        return "It is the only setting."
+        return "No other setting to compare with."
     known = others[others["distinguishable"].notna()]
     unknown = len(others) - len(known)
     close = known[~known["distinguishable"].astype(bool)]
@@ -137,6 +137,22 @@ def paired_sentence(table: pd.DataFrame, by: list[str], final: pd.Series, symbol
     if unknown:
         parts.append(f"no interval against {unknown} setting{'s' * (unknown > 1)} sharing fewer than two seeds")
     return f"Paired by seed (Δ = best − other, mean and {LEVEL:.0%} t-interval): " + "; ".join(parts) + "."
+
+
+def tied(table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of ``compare_to_best``'s table equal to the best on every one of (at least two) shared seeds:
+    the same numbers, such as every T at α = 0 (no soft term) or a saturated recall of 1."""
+    others = table[~table["best"]]
+    same = others[["delta", "low", "high"]].abs().max(axis=1, skipna=False) <= 1e-12
+    return others[same & (others["pairs"] >= 2)]
+
+
+def _tie_text(ties: pd.DataFrame, by: list[str], final: pd.Series, symbol: str) -> str:
+    if ties.empty:
+        return ""
+    named = "; ".join(_setting_text(r, by, final, symbol) for _, r in ties.head(NAMED).iterrows())
+    more = f" and {len(ties) - NAMED} more" if len(ties) > NAMED else ""
+    return f" Tied seed for seed with {named}{more}: the best is not unique."
 
 
 def best_finding(
@@ -165,12 +181,20 @@ def best_finding(
             f"no setting is called best (the {extreme} mean, {number(best['mean'])}, is at "
             f"{_setting_text(best, by, final, symbol)})."
         )
+    ties = tied(table)
+    if len(table) > 1 and len(ties) == len(table) - 1:
+        return (
+            f"{prefix}{name[0].upper() + name[1:]} is {number(best['mean'])} at all {len(table)} settings, "
+            "seed for seed: no setting is better."
+        )
     label = f"{'Lowest' if lower else 'Highest'} (best) {name}"
     head = (
         f"{prefix}{label} {mean_sd(best['mean'], best['sd'], best['seeds'])} at "
         f"{_setting_text(best, by, final, symbol)} (over {best['seeds']} seeds)."
     )
-    return f"{head} {paired_sentence(table, by, final, symbol)}{_edge(part, best, symbol)}"
+    rest = paired_sentence(table.drop(ties.index), by, final, symbol)
+    edge = "" if len(ties) else _edge(part, best, symbol)
+    return f"{head}{_tie_text(ties, by, final, symbol)} {rest}{edge}"
 
 
 def trend(part: pd.DataFrame, metric: str, name: str, prefix: str = "") -> str | None:
@@ -264,7 +288,10 @@ def _best_students(members: pd.DataFrame) -> list[str]:
         if seeds < 2:
             out.append(f"{head} One seed: no interval is possible, so this is not a best, only the highest value.")
             continue
-        out.append(f"{head} {paired_sentence(table, distill.SETTING, final, 'T')}{_edge(part, best, 'T')}")
+        ties = tied(table)
+        rest = paired_sentence(table.drop(ties.index), distill.SETTING, final, "T")
+        edge = "" if len(ties) else _edge(part, best, "T")
+        out.append(f"{head}{_tie_text(ties, distill.SETTING, final, 'T')} {rest}{edge}")
     return out
 
 
