@@ -434,3 +434,27 @@ def test_figures_are_chosen_by_the_task_in_config_toml(tmp_path: Path) -> None:
     specs = figures.run_figures() + figures.search_figures()
     assert len({s.name for s in specs}) == len(specs) and all(s.caption for s in specs)
     assert figures.caption("quadrants-run-2") == next(s.caption for s in specs if s.name == "quadrants")
+
+
+def test_headline_metrics_against_tau(tmp_path: Path) -> None:
+    run_dir = hand_made_run(tmp_path)
+    members = results.read_table(run_dir, "members")
+    members["probe_accuracy"] = 0.5 + members["tau_init"]
+    results.write_table(members, run_dir / "members")
+    (run_dir / "config.toml").write_text('task = "simclr"\n')
+    written = figures.plot_run([run_dir])
+    assert [p.name for p in written] == [
+        "training_curves.png",
+        "final_metrics.png",
+        "headline_metrics.png",
+        "planes.png",
+    ]
+    fig = drawn(vs_tau.headline_metrics, load_runs([run_dir]))
+    check_png(written[2], fig)
+    (panel,) = [ax for ax in fig.axes if ax.get_visible() and ax.get_title()]
+    assert panel.get_title().startswith("linear-probe accuracy")
+    # the fixed members' points are the means over their finished seeds (τ = 0.5 lost seed 0 to divergence)
+    fixed = members[(members["tau_mode"] == "fixed") & (members["status"] == "ok")]
+    expected = fixed.groupby("tau_init")["probe_accuracy"].mean()
+    x, y = panel.lines[0].get_data()
+    assert dict(zip(np.round(x, 12), y, strict=True)) == pytest.approx(expected.to_dict())

@@ -1,4 +1,5 @@
-"""Metrics against τ: the final representation metrics, and the alignment–uniformity planes."""
+"""Metrics against τ: the final representation metrics, the tasks' headline metrics, and the
+alignment–uniformity planes."""
 
 from __future__ import annotations
 
@@ -20,12 +21,30 @@ FINAL = {  # name: (what it is, how to read it)
     "alignment": ("alignment", "E‖f(x) − f(x⁺)‖², lower = closer positives"),
     "cross_similarity": ("cross-class similarity", "mean cosine, lower = classes further apart"),
 }
+HEADLINE = {  # the tasks' headline metrics: name: (what it is, how to read it)
+    "probe_accuracy": ("linear-probe accuracy", "test split, encoder output h, higher = better"),
+    "knn_accuracy": ("k-NN accuracy", "test split, encoder output h, higher = better"),
+    "recall_a2b": ("recall@1 a → b", "test pairs, higher = better"),
+    "recall_b2a": ("recall@1 b → a", "test pairs, higher = better"),
+    "recall_i2t": ("recall@1 image → text", "test split, higher = better"),
+    "recall_t2i": ("recall@1 text → image", "test split, higher = better"),
+}
 
 
 def final_metrics(runs: Runs) -> Figure | None:
-    """Final metrics against τ, a point per τ with its spread over seeds (``over_seeds``, finished members);
-    learnable and scheduled at their final τ."""
-    names = [m for m in FINAL if m in runs.members.columns]
+    """The final representation metrics against τ (``against_tau`` of ``FINAL``)."""
+    return against_tau(runs, FINAL, "final metrics")
+
+
+def headline_metrics(runs: Runs) -> Figure | None:
+    """The tasks' headline metrics against τ: probe and k-NN accuracy, recall (``against_tau`` of ``HEADLINE``)."""
+    return against_tau(runs, HEADLINE, "headline metrics")
+
+
+def against_tau(runs: Runs, panels: dict[str, tuple[str, str]], what: str) -> Figure | None:
+    """A panel per metric of ``panels`` in the members table: a point per τ with its spread over seeds
+    (``over_seeds``, finished members); learnable and scheduled members at their final τ."""
+    names = [m for m in panels if m in runs.members.columns]
     if not names or "tau" not in runs.members.columns:
         return None
     table = over_seeds(runs.members, ["series", "tau_init"], ["tau", *names]).sort_values("tau_mean")
@@ -65,7 +84,7 @@ def final_metrics(runs: Runs) -> Figure | None:
             )
         ax.set_xscale("log")
         style.log_ticks(ax.xaxis)  # plain 0.05, 0.1, 0.2 rather than colliding 6×10⁻², 2×10⁻¹
-        short, explanation = FINAL[name]
+        short, explanation = panels[name]
         ax.set(xlabel="τ (log scale)", ylabel=short, title=f"{short}\n{explanation}")
     for ax in axes.flat[len(names) :]:
         ax.set_visible(False)
@@ -82,7 +101,7 @@ def final_metrics(runs: Runs) -> Figure | None:
         legend.remove()
     ok = runs.members[runs.members["status"] == "ok"]
     spread = style.pooled_text(ok, ["run", "tau_mode", "tau_init"], unit="point", band="bars ± sd")
-    fig.suptitle(f"{runs.study}: final metrics against τ ({spread})\nlearnable and scheduled members at their final τ")
+    fig.suptitle(f"{runs.study}: {what} against τ ({spread})\nlearnable and scheduled members at their final τ")
     return fig
 
 
@@ -136,6 +155,12 @@ FIGURES = [
         "Final metrics against τ (learnable and scheduled members at their final τ), mean ± sd over seeds.",
         GEOMETRY_TASKS,
         final_metrics,
+    ),
+    FigureSpec(
+        "headline_metrics",
+        "The tasks' headline metrics against τ (linear-probe and k-NN accuracy, recall@1), mean ± sd over seeds.",
+        ("simclr", "clip", "pairs"),
+        headline_metrics,
     ),
     FigureSpec(
         "planes",
