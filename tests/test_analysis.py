@@ -145,7 +145,7 @@ def test_ties_seed_for_seed_name_no_best() -> None:
     (sentence,) = [s for s in findings(partial) if "ecall" in s]
     assert "Tied seed for seed with τ = 0.1 (fixed): the best is not unique." in sentence
     assert "extend the grid" not in sentence  # the best is not one τ, so not one edge
-    assert "distinguishable from all 1 other settings (closest: τ = 0.3 (fixed), Δ = 0.400" in sentence
+    assert "distinguishable from the other setting (closest: τ = 0.3 (fixed), Δ = 0.400" in sentence
 
 
 def test_every_task_gets_a_finding_on_its_headline_metric() -> None:

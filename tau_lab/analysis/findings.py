@@ -129,7 +129,8 @@ def paired_sentence(table: pd.DataFrame, by: list[str], final: pd.Series, symbol
         if close.empty and not unknown:
             nearest = known.iloc[0]
             parts.append(
-                f"distinguishable from all {apart} other settings (closest: {_setting_text(nearest, by, final, symbol)}"
+                f"distinguishable from {f'all {apart} other settings' if apart > 1 else 'the other setting'} "
+                f"(closest: {_setting_text(nearest, by, final, symbol)}"
                 f", Δ = {number(nearest['delta'])}, [{number(nearest['low'])}, {number(nearest['high'])}])"
             )
         else:
