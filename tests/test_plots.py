@@ -458,3 +458,15 @@ def test_headline_metrics_against_tau(tmp_path: Path) -> None:
     expected = fixed.groupby("tau_init")["probe_accuracy"].mean()
     x, y = panel.lines[0].get_data()
     assert dict(zip(np.round(x, 12), y, strict=True)) == pytest.approx(expected.to_dict())
+
+
+def test_three_final_metrics_panels_all_have_tau_ticks(tmp_path: Path) -> None:
+    """Uniformity, tolerance and alignment fill three of a 2 × 2 grid: the panel above the empty slot keeps
+    its τ tick labels (a shared x axis used to hide them)."""
+    fig = drawn(vs_tau.final_metrics, load_runs([hand_made_run(tmp_path)]))
+    fig.canvas.draw()
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_ylabel() for ax in panels] == ["uniformity", "tolerance", "alignment"]
+    for ax in panels:
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+        assert "0.1" in labels and ax.get_xlabel() == "τ (log scale)", ax.get_ylabel()

@@ -54,7 +54,8 @@ def against_tau(runs: Runs, panels: dict[str, tuple[str, str]], what: str) -> Fi
     colours = style.palette(order)
     ncols = 2 if len(names) > 1 else 1
     nrows = -(-len(names) // ncols)
-    fig, axes = style.figure(4.4 * ncols + 1.8, 3.2 * nrows + 0.6, nrows=nrows, ncols=ncols, sharex=True)
+    # no shared x axis: a shared one hides the tick labels of a panel whose neighbour below is empty
+    fig, axes = style.figure(4.4 * ncols + 1.8, 3.2 * nrows + 0.6, nrows=nrows, ncols=ncols)
     for ax, name in zip(axes.flat, names, strict=False):
         sns.lineplot(
             table,
