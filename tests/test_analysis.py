@@ -220,6 +220,15 @@ def test_vanished_gradients_are_judged_over_a_window() -> None:
     )
 
 
+def test_without_a_metrics_table_the_last_value_is_named_as_such() -> None:
+    members = table({0.001: [0.0, 0.0], 0.5: [1.0, 1.0]}, "grad_norm")
+    (sentence,) = [s for s in findings(members) if "anish" in s]
+    assert sentence == (
+        "Gradients vanished (last logged gradient norm < 1e-06; no metrics table to judge a window of steps) "
+        "for 2 of 4 finished members: fixed τ = 0.001 (2 of 2)."
+    )
+
+
 # ------------------------------------------------------------------------------------------ distillation tables
 
 
