@@ -229,6 +229,19 @@ def test_without_a_metrics_table_the_last_value_is_named_as_such() -> None:
     )
 
 
+def test_a_single_seed_distillation_names_no_best_student() -> None:
+    rows = [
+        {"member": 0, "tau_mode": "fixed", "tau_init": T, "alpha": 0.9, "t2_scaling": True, "labeled_fraction": 0.1}
+        | {"seed": 0, "status": "ok", "accuracy": acc, "kl_teacher": 0.1, "ece": 0.0, "tau": T}
+        for T, acc in ((1.0, 0.7), (4.0, 0.8))
+    ]
+    (sentence,) = [s for s in findings(pd.DataFrame(rows)) if "student" in s]
+    assert sentence == (
+        "Labelled fraction 0.1: one seed, so no interval is possible and no student is called best "
+        "(the highest accuracy, 0.800, is at T = 4 (fixed), α = 0.9, with T²)."
+    )
+
+
 # ------------------------------------------------------------------------------------------ distillation tables
 
 

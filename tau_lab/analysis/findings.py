@@ -282,13 +282,17 @@ def _best_students(members: pd.DataFrame) -> list[str]:
         t_text = where(best["tau_mode"], best["tau_init"], final.get(tuple(best[distill.SETTING])), "T")
         t2 = "with" if best["t2_scaling"] else "without"
         seeds = int(best["seeds"])
+        where_best = f"{t_text}, α = {best['alpha']:g}, {t2} T²"
+        if seeds < 2:
+            out.append(
+                f"Labelled fraction {fraction:g}: one seed, so no interval is possible and no student is called best "
+                f"(the highest accuracy, {number(best['mean'])}, is at {where_best})."
+            )
+            continue
         head = (
             f"Best student at labelled fraction {fraction:g}: accuracy {mean_sd(best['mean'], best['sd'], seeds)} "
-            f"(over {seeds} seed{'s' * (seeds > 1)}) at {t_text}, α = {best['alpha']:g}, {t2} T²."
+            f"(over {seeds} seeds) at {where_best}."
         )
-        if seeds < 2:
-            out.append(f"{head} One seed: no interval is possible, so this is not a best, only the highest value.")
-            continue
         ties = tied(table)
         rest = paired_sentence(table.drop(ties.index), distill.SETTING, final, "T")
         edge = "" if len(ties) else _edge(part, best, "T")
