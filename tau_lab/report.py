@@ -23,7 +23,7 @@ import pandas as pd
 
 from tau_lab import results
 from tau_lab.analysis import findings as find
-from tau_lab.analysis import over_seeds
+from tau_lab.analysis import over_seeds, summary_tables
 
 SUMMARY_METRICS = {  # column: heading in the members table
     "tau": "final τ",
@@ -104,10 +104,15 @@ def _run_sections(run_dir: Path, figures: list[Path]) -> tuple[str, Sections]:
         what += [("p", "Resolved configuration (config.toml):"), ("code", config_text)]
     if env:
         what += [("p", "Environment (env.json):"), ("table", _environment(env))]
+    task_tables = [
+        (heading[0].upper() + heading[1:], [("table", frame.map(_cell))])
+        for heading, frame in summary_tables(cfg.get("task", ""), members).items()
+    ]
     sections = [
         ("", intro),
         ("Findings", [("ul", findings(members, metrics))]),
         ("Members (final metrics, mean ± sd over seeds; diverged members left out)", [("table", summary(members))]),
+        *task_tables,
         ("Figures", _images(figures)),
         ("What was run", what),
     ]

@@ -277,6 +277,13 @@ def test_distillation_findings_match_an_independent_computation(tmp_path: Path) 
     check_png(written[0], drawn(distill_figures.distill_accuracy, runs))
     md, _ = report.write_report(run_dir, written)
     assert figures.caption("distill_accuracy") in md.read_text()
+    # recorded as a distillation run, the report carries the task's own tables (analysis.summary_tables)
+    (run_dir / "config.toml").write_text('task = "distill"\n')
+    text = report.write_report(run_dir, written)[0].read_text()
+    best = distill.best_students(members)
+    assert "## Best students (accuracy at T = 1, mean and sd over seeds)" in text
+    assert f"| {best['accuracy_mean'].iloc[0]:.4g} |" in text
+    assert "## Log-log slope of the soft gradient against T (T ≥ 4)" in text
 
 
 def test_clip_figures_from_a_real_run(tmp_path: Path) -> None:

@@ -117,8 +117,10 @@ def summary_tables(members: pd.DataFrame) -> dict[str, pd.DataFrame]:
         out["teacher's gain over α = 0, paired by seed"] = teacher_gain(members)
     if (members["tau_mode"] != "fixed").any():
         out["learned and scheduled T against the best fixed T"] = learned_vs_fixed(members)
-    if "grad_soft_params_init" in members.columns:
+    columns = set(members.columns)
+    if {"grad_soft_logits_init", "grad_soft_params_init", "grad_hard_params_init"} <= columns:
         out["soft-term gradient norm at initialisation"] = gradient_scale(members, "init")
+    if {"grad_soft_logits_init", "grad_soft_params_init"} <= columns:
         out["log-log slope of the soft gradient against T (T ≥ 4)"] = pd.concat(
             [loglog_slopes(members, c) for c in ("grad_soft_params_init", "grad_soft_logits_init")]
         )
