@@ -3,7 +3,8 @@
 Each kind of figure is a ``FigureSpec`` beside its drawing function, in the module of what it shows:
 
 - ``curves``: training curves (loss, gradient norm, τ over steps);
-- ``vs_tau``: final metrics against τ, the alignment–uniformity and uniformity–tolerance planes;
+- ``vs_tau``: final metrics and the headline metrics against τ, the alignment–uniformity and
+  uniformity–tolerance planes;
 - ``quadrants``: the quadrants study's embedded points before and after training;
 - ``distill``: student accuracy over T × α, the soft term's gradient against T;
 - ``clip``: zero-shot accuracy against τ, the learnable logit_scale over steps;
