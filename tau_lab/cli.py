@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tau_lab import __version__, config, engine, plots, report, results, search, table
+from tau_lab import __version__, analysis, config, engine, figures, report, results, search, table
 from tau_lab.tasks import TASKS
 
 app = typer.Typer(
@@ -103,7 +103,7 @@ def table_command(
     with user_errors():
         df = table.softmax_table(_floats("--logits", logits), _floats("--tau", tau), target)
         if plot is not None:
-            plots.plot_softmax(_floats("--logits", logits), _floats("--tau", tau), plot, target)
+            figures.plot_softmax(_floats("--logits", logits), _floats("--tau", tau), plot, target)
             typer.echo(f"figure: {plot}", err=True)  # stderr: stdout may be a CSV or markdown table
     if format is TableFormat.csv:
         typer.echo(df.to_csv(index=False), nl=False)
@@ -184,8 +184,7 @@ def sweep_command(
     members = out["members"]
     if not quiet:
         print_frame(members[[c for c in SUMMARY_COLUMNS if c in members.columns]], title=f"{name}: final metrics")
-        summarize = getattr(TASKS[spec.task], "summarize", None)  # a task's own tables, when it has them
-        for title, frame in (summarize(members) if summarize else {}).items():
+        for title, frame in analysis.summary_tables(spec.task, members).items():  # the task's own tables
             print_frame(frame, title=f"{name}: {title}")
     diverged = int((members["status"] == "diverged").sum())
     typer.echo(f"{len(members)} members, {diverged} diverged; results in {run_dir}")
@@ -205,7 +204,7 @@ def plot_command(
 ) -> None:
     """Draw a run's figures: training curves, metrics against τ, the alignment–uniformity planes, …"""
     with user_errors():
-        paths = plots.plot_run(run_dirs, out, format.value)
+        paths = figures.plot_run(run_dirs, out, format.value)
     for path in paths:
         typer.echo(str(path))
 

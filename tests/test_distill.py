@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,16 +12,15 @@ import torch.nn.functional as F
 from typer.testing import CliRunner
 
 from tau_lab import config, engine
+from tau_lab.analysis.distill import loglog_slopes
 from tau_lab.cli import app
 from tau_lab.data.digits import load_digits
 from tau_lab.tasks.distill import (
     Distill,
     labeled_mask,
-    loglog_slopes,
     make_student,
     seed_data,
     student_logits,
-    teacher_gain,
     train_reference,
 )
 from tau_lab.teacher import load_teacher
@@ -195,38 +193,6 @@ def test_soft_gradient_scale_law_through_the_task():
         slopes = loglog_slopes(members, column, min_T=8.0).set_index("t2_scaling")["slope_mean"]
         assert slopes[False] == pytest.approx(-2.0, abs=0.1), column
         assert slopes[True] == pytest.approx(0.0, abs=0.1), column
-
-
-def test_loglog_slopes_recover_a_known_power_law():
-    T = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
-    rows = [
-        {"tau_mode": "fixed", "tau_init": t, "t2_scaling": t2, "seed": seed, "status": "ok", "g": (seed + 1) * t**power}
-        for seed in (0, 1)
-        for t2, power in ((False, -2.0), (True, 0.5))
-        for t in T
-    ]
-    slopes = loglog_slopes(pd.DataFrame(rows), "g", min_T=2.0)
-    assert slopes.set_index("t2_scaling")["slope_mean"].to_dict() == pytest.approx({False: -2.0, True: 0.5})
-    assert (slopes["seeds"] == 2).all()
-
-
-def test_teacher_gain_is_paired_by_seed():
-    base = {"tau_mode": "fixed", "t2_scaling": True, "labeled_fraction": 0.1, "status": "ok"}
-    rows = [
-        base | {"tau_init": T, "alpha": alpha, "seed": seed, "accuracy": accuracy}
-        for seed, alone in ((0, 0.5), (1, 0.7))
-        for T, alpha, accuracy in (
-            (4.0, 0.0, alone),
-            (1.0, 0.0, alone),
-            (4.0, 0.9, alone + 0.2),
-            (1.0, 0.9, alone + 0.1),
-        )
-    ]
-    table = teacher_gain(pd.DataFrame(rows)).set_index("student")
-    assert table.loc["best", "tau_init"] == 4.0
-    assert table.loc["best", "gain_mean"] == pytest.approx(0.2)
-    assert table.loc["best", "gain_sd"] == pytest.approx(0.0, abs=1e-12)  # unpaired, the sd would be 0.14
-    assert table.loc["best", "alone_mean"] == pytest.approx(0.6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import sys
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple, Protocol
 
-import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
@@ -93,26 +92,18 @@ class Task(Protocol):
         """Extra ``{metric: [K]}`` at logging steps."""
 
     @staticmethod
-    def summarize(members: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        """The task's own tables, printed after the members table: ``{title: table}``."""
-
-    @staticmethod
     def member_bytes(experiment: Any) -> int:
         """Memory of one member, for the engine's chunking."""
 
 
 class TaskBase:
-    """The defaults of ``Task``: no diagnostics, no embeddings, no tables of its own."""
+    """The defaults of ``Task``: no diagnostics, no embeddings (a task's own tables are ``analysis.summary_tables``)."""
 
     def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
         return {}
 
     def embed(self, params: dict[str, Tensor]) -> Tensor | None:
         return None
-
-    @staticmethod
-    def summarize(members: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        return {}
 
 
 def member_seeds(members: list[dict[str, Any]], device: torch.device) -> tuple[list[int], Tensor]:

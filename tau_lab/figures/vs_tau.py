@@ -1,0 +1,172 @@
+"""Metrics against τ: the final representation metrics, the tasks' headline metrics, and the
+alignment–uniformity planes."""
+
+from __future__ import annotations
+
+import seaborn as sns
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from tau_lab.analysis import over_seeds
+from tau_lab.figures import FigureSpec, style
+from tau_lab.figures.runs import Runs
+
+GEOMETRY_TASKS = ("quadrants", "simclr", "clip", "pairs")
+
+FINAL = {  # name: (what it is, how to read it)
+    "uniformity": ("uniformity", "log E exp(−2‖Δf‖²), lower = more uniform"),
+    "tolerance": ("tolerance", "same-class cosine, higher = tighter classes"),
+    "alignment": ("alignment", "E‖f(x) − f(x⁺)‖², lower = closer positives"),
+    "cross_similarity": ("cross-class similarity", "mean cosine, lower = classes further apart"),
+}
+HEADLINE = {  # the tasks' headline metrics: name: (what it is, how to read it)
+    "probe_accuracy": ("linear-probe accuracy", "test split, encoder output h, higher = better"),
+    "knn_accuracy": ("k-NN accuracy", "test split, encoder output h, higher = better"),
+    "recall_a2b": ("recall@1 a → b", "test pairs, higher = better"),
+    "recall_b2a": ("recall@1 b → a", "test pairs, higher = better"),
+    "recall_i2t": ("recall@1 image → text", "test split, higher = better"),
+    "recall_t2i": ("recall@1 text → image", "test split, higher = better"),
+}
+
+
+def final_metrics(runs: Runs) -> Figure | None:
+    """The final representation metrics against τ (``against_tau`` of ``FINAL``)."""
+    return against_tau(runs, FINAL, "final metrics")
+
+
+def headline_metrics(runs: Runs) -> Figure | None:
+    """The tasks' headline metrics against τ: probe and k-NN accuracy, recall (``against_tau`` of ``HEADLINE``)."""
+    return against_tau(runs, HEADLINE, "headline metrics")
+
+
+def against_tau(runs: Runs, panels: dict[str, tuple[str, str]], what: str) -> Figure | None:
+    """A panel per metric of ``panels`` in the members table: a point per τ with its spread over seeds
+    (``over_seeds``, finished members); learnable and scheduled members at their final τ."""
+    names = [m for m in panels if m in runs.members.columns]
+    if not names or "tau" not in runs.members.columns:
+        return None
+    table = over_seeds(runs.members, ["series", "tau_init"], ["tau", *names]).sort_values("tau_mean")
+    if table.empty:
+        return None
+    order = [s for s in runs.series_order if s in set(table["series"])]
+    colours = style.palette(order)
+    ncols = 2 if len(names) > 1 else 1
+    nrows = -(-len(names) // ncols)
+    # no shared x axis: a shared one hides the tick labels of a panel whose neighbour below is empty
+    fig, axes = style.figure(4.4 * ncols + 1.8, 3.2 * nrows + 0.6, nrows=nrows, ncols=ncols)
+    for ax, name in zip(axes.flat, names, strict=False):
+        sns.lineplot(
+            table,
+            x="tau_mean",
+            y=f"{name}_mean",
+            hue="series",
+            hue_order=order,
+            palette=colours,
+            style="series",
+            style_order=order,
+            markers=style.markers(order),
+            dashes=False,
+            markersize=7,
+            errorbar=None,
+            legend=ax is axes.flat[0],
+            ax=ax,
+        )
+        for series, part in table.groupby("series"):
+            ax.errorbar(
+                part["tau_mean"],
+                part[f"{name}_mean"],
+                yerr=part[f"{name}_sd"].fillna(0),
+                xerr=part["tau_sd"].fillna(0),
+                fmt="none",
+                ecolor=colours[series],
+                capsize=3,
+            )
+        ax.set_xscale("log")
+        style.log_ticks(ax.xaxis)  # plain 0.05, 0.1, 0.2 rather than colliding 6×10⁻², 2×10⁻¹
+        short, explanation = panels[name]
+        ax.set(xlabel="τ (log scale)", ylabel=short, title=f"{short}\n{explanation}")
+    for ax in axes.flat[len(names) :]:
+        ax.set_visible(False)
+    sns.move_legend(axes.flat[0], "upper left", bbox_to_anchor=(1.02, 1), title="τ mode", frameon=False)
+    if ncols > 1:  # the first panel's legend would squeeze it: give it to the figure instead
+        legend = axes.flat[0].get_legend()
+        fig.legend(
+            legend.legend_handles,
+            [t.get_text() for t in legend.texts],
+            title="τ mode",
+            loc="outside right upper",
+            frameon=False,
+        )
+        legend.remove()
+    ok = runs.members[runs.members["status"] == "ok"]
+    spread = style.pooled_text(ok, ["run", "tau_mode", "tau_init"], unit="point", band="bars ± sd")
+    fig.suptitle(f"{runs.study}: {what} against τ ({spread})\nlearnable and scheduled members at their final τ")
+    return fig
+
+
+def planes(runs: Runs) -> Figure | None:
+    """The alignment–uniformity and uniformity–tolerance planes: a point per member, colour by final τ."""
+    pairs = [
+        (x, y, t)
+        for x, y, t in [
+            ("uniformity", "alignment", "alignment–uniformity (Wang & Isola)"),
+            ("uniformity", "tolerance", "uniformity–tolerance (Wang & Liu)"),
+        ]
+        if {x, y, "tau"} <= set(runs.members.columns)
+    ]
+    ok = runs.members[(runs.members["status"] == "ok") & (runs.members.get("tau", 0) > 0)]
+    if not pairs or ok.empty:
+        return None
+    order = [s for s in runs.series_order if s in set(ok["series"])]
+    markers = style.markers(order)
+    low, high = ok["tau"].min(), ok["tau"].max()
+    norm = LogNorm(low / 1.5, high * 1.5) if low == high else LogNorm(low, high)
+    fig, axes = style.figure(5.0 * len(pairs) + 2.2, 4.6, ncols=len(pairs))
+    for ax, (x, y, title) in zip(axes[0], pairs, strict=True):
+        sns.scatterplot(
+            ok,
+            x=x,
+            y=y,
+            hue="tau",
+            hue_norm=norm,
+            palette="viridis",
+            style="series",
+            style_order=order,
+            markers=markers,
+            s=70,
+            edgecolor="black",
+            linewidth=0.5,
+            alpha=0.9,
+            legend=False,
+            ax=ax,
+        )
+        ax.set(title=title, xlabel=f"{FINAL[x][0]} ({FINAL[x][1]})", ylabel=f"{FINAL[y][0]}\n({FINAL[y][1]})")
+    fig.colorbar(ScalarMappable(norm, "viridis"), ax=axes[0, -1], label="final τ (log scale)")
+    handles = [Line2D([], [], marker=markers[s], ls="", color="grey", markeredgecolor="black", label=s) for s in order]
+    fig.legend(handles=handles, title="τ mode", loc="outside right upper", frameon=False)
+    fig.suptitle(f"{runs.study}: representation planes, one point per member")
+    return fig
+
+
+FIGURES = [
+    FigureSpec(
+        "final_metrics",
+        "Final metrics against τ (learnable and scheduled members at their final τ), mean ± sd over seeds.",
+        GEOMETRY_TASKS,
+        final_metrics,
+    ),
+    FigureSpec(
+        "headline_metrics",
+        "The tasks' headline metrics against τ (linear-probe and k-NN accuracy, recall@1), mean ± sd over seeds.",
+        ("simclr", "clip", "pairs"),
+        headline_metrics,
+    ),
+    FigureSpec(
+        "planes",
+        "The alignment–uniformity and uniformity–tolerance planes, one point per member.",
+        GEOMETRY_TASKS,
+        planes,
+    ),
+]

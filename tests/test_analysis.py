@@ -1,0 +1,311 @@
+"""tau_lab.analysis: over_seeds, paired intervals, the distillation tables and the report's findings,
+checked against hand computations on hand-made tables."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+from tau_lab import analysis
+from tau_lab.analysis.distill import loglog_slopes, summary_tables, teacher_gain
+from tau_lab.analysis.findings import best_finding, findings, trend, vanished
+from tau_lab.analysis.tables import compare_to_best, over_seeds, paired_interval, pooled
+
+SETTINGS = settings(max_examples=30, deadline=None, derandomize=True)
+T_975_2 = 4.302652729911275  # the 97.5% quantile of Student's t with 2 degrees of freedom
+
+
+def table(values: dict[float, list[float]], metric: str = "uniformity", **columns: list) -> pd.DataFrame:
+    """A members table of fixed-τ members: ``values[τ][seed]``, in the engine's column order."""
+    rows = [
+        {"member": 0, "tau_mode": "fixed", "tau_init": tau, "seed": seed, "status": "ok", metric: v}
+        for tau, per_seed in values.items()
+        for seed, v in enumerate(per_seed)
+    ]
+    frame = pd.DataFrame(rows).assign(member=range(len(rows)))
+    for name, column in columns.items():
+        frame.insert(3, name, column)
+    return frame
+
+
+# ------------------------------------------------------------------------------------------ over seeds
+
+
+def test_over_seeds_is_mean_and_sample_sd_of_finished_members() -> None:
+    members = table({0.1: [1.0, 2.0, 4.0], 0.5: [3.0, 5.0, 100.0]})
+    members.loc[5, "status"] = "diverged"  # τ = 0.5, seed 2: its value predates the divergence
+    out = over_seeds(members, ["tau_init"], ["uniformity"]).set_index("tau_init")
+    assert out.loc[0.1, "uniformity_mean"] == pytest.approx(7 / 3)
+    assert out.loc[0.1, "uniformity_sd"] == pytest.approx(
+        math.sqrt(((1 - 7 / 3) ** 2 + (2 - 7 / 3) ** 2 + (4 - 7 / 3) ** 2) / 2)
+    )
+    assert out.loc[0.5, "uniformity_mean"] == pytest.approx(4.0)
+    assert out["seeds"].to_dict() == {0.1: 3, 0.5: 2}
+
+
+def test_pooled_counts_what_a_group_hides() -> None:
+    members = table({0.1: [0.0] * 2, 0.5: [0.0] * 2})
+    members = pd.concat([members.assign(alpha=a) for a in (0.0, 0.5, 0.9)], ignore_index=True)
+    members = members[["member", "tau_mode", "tau_init", "alpha", "seed", "status", "uniformity"]]
+    assert pooled(members, ["tau_mode", "tau_init"]) == {"seed": 2, "alpha": 3}
+    assert pooled(members, ["tau_mode", "tau_init", "alpha"]) == {"seed": 2}
+
+
+# ------------------------------------------------------------------------------------------ paired intervals
+
+
+def test_paired_interval_by_hand() -> None:
+    a = pd.Series([1.0, 2.0, 4.0], index=[0, 1, 2])
+    b = pd.Series([0.5, 2.5, 1.0, 9.0], index=[0, 1, 2, 3])  # seed 3 has no partner: left out
+    d = np.array([0.5, -0.5, 3.0])
+    half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+    assert paired_interval(a, b) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half, 3))
+    mean, low, high, n = paired_interval(a.iloc[:1], b)
+    assert (mean, n) == (0.5, 1) and math.isnan(low) and math.isnan(high)  # one pair: no interval
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.floats(-5, 5), st.floats(-5, 5)), min_size=2, max_size=8))
+def test_paired_interval_is_scipys_paired_t_interval(pairs: list[tuple[float, float]]) -> None:
+    a, b = (pd.Series(x) for x in zip(*pairs, strict=True))
+    mean, low, high, n = paired_interval(a, b)
+    d = a - b
+    assert n == len(pairs) and mean == pytest.approx(d.mean(), abs=1e-12)
+    if d.std() > 1e-9:
+        ci = stats.ttest_rel(a, b).confidence_interval(0.95)
+        assert (low, high) == pytest.approx((ci.low, ci.high), rel=1e-9, abs=1e-12)
+
+
+def test_compare_to_best_pairs_on_seed() -> None:
+    # τ = 0.1 beats τ = 0.5 on every seed by exactly 1, though their spreads over seeds overlap widely
+    members = table({0.1: [1.0, 5.0, 9.0], 0.5: [2.0, 6.0, 10.0]})
+    out = compare_to_best(members, "uniformity", ["tau_mode", "tau_init"], lower_is_better=True)
+    assert out["tau_init"].tolist() == [0.1, 0.5] and out["best"].tolist() == [True, False]
+    other = out.iloc[1]
+    assert (other["delta"], other["low"], other["high"], other["pairs"]) == (pytest.approx(-1.0), -1.0, -1.0, 3)
+    assert bool(other["distinguishable"]) is True and pd.isna(out.iloc[0]["distinguishable"])
+
+
+# ------------------------------------------------------------------------------------------ findings: best τ
+
+
+def test_the_issues_winner_is_not_distinguishable() -> None:
+    """−3.202 ± 0.004 at τ = 0.2 against −3.192 ± 0.046 at τ = 0.1, where τ = 0.1 wins seed 0."""
+    best, other = [-3.206, -3.198, -3.202], [-3.245, -3.168, -3.163]
+    assert (np.mean(best), np.std(best, ddof=1)) == pytest.approx((-3.202, 0.004))
+    assert (np.mean(other), np.std(other, ddof=1)) == pytest.approx((-3.192, 0.046), abs=5e-4)
+    members = table({0.2: best, 0.1: other, 0.5: [-2.0, -2.1, -2.05]})
+    sentence = best_finding(members, "uniformity", "uniformity", True, ["tau_mode", "tau_init"])
+    d = np.array(best) - np.array(other)
+    half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+    assert sentence.startswith("Lowest (best) uniformity -3.202 ± 0.004 at τ = 0.2 (fixed) (over 3 seeds).")
+    assert (
+        f"not distinguishable from τ = 0.1 (fixed) (Δ = {d.mean():.3f}, "
+        f"[{d.mean() - half:.3f}, {d.mean() + half:.3f}], 3 seeds)" in sentence
+    )
+    assert "distinguishable from 1 of the other 2" in sentence
+    assert "extend the grid" not in sentence  # τ = 0.2 lies inside the grid
+
+
+def test_a_clear_winner_at_the_edge_of_the_grid() -> None:
+    members = table({0.05: [1.0, 1.1, 1.2], 0.1: [2.0, 2.2, 2.1], 0.5: [3.0, 3.1, 3.3]}, metric="probe_accuracy")
+    found = findings(members)
+    (sentence,) = [s for s in found if "linear-probe accuracy" in s]
+    assert sentence.startswith("Highest (best) linear-probe accuracy 3.133 ± 0.153 at τ = 0.5 (fixed)")
+    assert "distinguishable from all 2 other settings (closest: τ = 0.1 (fixed), Δ = 1.033" in sentence
+    assert sentence.endswith("Best at the largest τ tried (fixed): extend the grid.")
+    low = findings(members.assign(probe_accuracy=-members["probe_accuracy"]))
+    assert any(s.endswith("Best at the smallest τ tried (fixed): extend the grid.") for s in low)
+
+
+def test_one_seed_names_no_best() -> None:
+    members = table({0.1: [-3.0], 0.5: [-2.0]})
+    (sentence,) = [s for s in findings(members) if "niformity" in s]
+    assert sentence == (
+        "Uniformity (lower is better): one seed per setting, so no interval is possible and no setting is called "
+        "best (the lowest mean, -3.000, is at τ = 0.1 (fixed))."
+    )
+    assert "best)" not in sentence and "Lowest" not in sentence
+
+
+def test_ties_seed_for_seed_name_no_best() -> None:
+    """A saturated recall, and α = 0 where every T trains the same student: equal numbers are no winner."""
+    saturated = table({0.05: [1.0, 1.0], 0.1: [1.0, 1.0], 0.3: [1.0, 1.0]}, metric="recall_a2b")
+    (sentence,) = [s for s in findings(saturated) if "ecall" in s]
+    assert sentence == "Recall@1 a → b is 1.000 at all 3 settings, seed for seed: no setting is better."
+    partial = table({0.05: [0.9, 0.8], 0.1: [0.9, 0.8], 0.3: [0.5, 0.4]}, metric="recall_a2b")
+    (sentence,) = [s for s in findings(partial) if "ecall" in s]
+    assert "Tied seed for seed with τ = 0.1 (fixed): the best is not unique." in sentence
+    assert "extend the grid" not in sentence  # the best is not one τ, so not one edge
+    assert "distinguishable from the other setting (closest: τ = 0.3 (fixed), Δ = 0.400" in sentence
+
+
+def test_every_task_gets_a_finding_on_its_headline_metric() -> None:
+    three = {0.1: [0.8, 0.82, 0.81], 0.5: [0.6, 0.61, 0.62]}
+    for column, words in [
+        ("probe_accuracy", "linear-probe accuracy"),
+        ("knn_accuracy", "k-NN accuracy"),
+        ("zero_shot_ensemble", "zero-shot accuracy (prompt ensemble)"),
+        ("recall_a2b", "recall@1 a → b"),
+        ("uniformity", "uniformity"),
+    ]:
+        found = findings(table(three, metric=column))
+        assert any(s.startswith(f"Highest (best) {words}") or s.startswith(f"Lowest (best) {words}") for s in found)
+
+
+def test_findings_per_level_of_the_tasks_own_axes() -> None:
+    members = table({0.1: [0.8, 0.82, 0.81], 0.5: [0.6, 0.61, 0.62]}, metric="zero_shot_ensemble")
+    members = pd.concat([members.assign(caption_noise=n) for n in (0.0, 0.3)], ignore_index=True)
+    members = members[["member", "tau_mode", "tau_init", "caption_noise", "seed", "status", "zero_shot_ensemble"]]
+    found = [s for s in findings(members) if "zero-shot" in s]
+    assert [s.split(": ")[0] for s in found] == ["caption_noise = 0", "caption_noise = 0.3"]
+    assert all(
+        "Highest (best) zero-shot accuracy (prompt ensemble) 0.810 ± 0.010 at τ = 0.1 (fixed)" in s for s in found
+    )
+
+
+# ------------------------------------------------------------------------------------------ findings: trends
+
+
+def test_a_trend_names_its_interior_minimum() -> None:
+    """SimCLR's tolerance as the issue measured it: 0.720 at τ = 1, 0.391 at τ = 0.1, 0.561 at τ = 0.05."""
+    members = table({1.0: [0.72, 0.72], 0.5: [0.6, 0.6], 0.1: [0.391, 0.391], 0.05: [0.561, 0.561]}, "tolerance")
+    assert trend(members, "tolerance", "Tolerance") == (
+        "Tolerance falls from 0.720 at τ = 1 to 0.561 at τ = 0.05 (fixed, mean over 2 seeds), not monotonically: "
+        "interior minimum 0.391 at τ = 0.1."
+    )
+    rising = table({1.0: [0.1], 0.5: [0.2], 0.1: [0.3]}, "tolerance")
+    assert trend(rising, "tolerance", "Tolerance") == (
+        "Tolerance rises from 0.100 at τ = 1 to 0.300 at τ = 0.1 (fixed, mean over 1 seed), monotonically."
+    )
+
+
+# ------------------------------------------------------------------------------------------ vanished gradients
+
+
+def grad_log(per_member: dict[int, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {"member": m, "step": 100 * i, "metric": "grad_norm", "value": v}
+            for m, values in per_member.items()
+            for i, v in enumerate(values)
+        ]
+    )
+
+
+def test_vanished_gradients_are_judged_over_a_window() -> None:
+    members = table({0.001: [0.0, 0.0], 0.5: [1.0, 1.0]}, "uniformity")
+    quiet, spiky = [1.0] * 5 + [1e-9] * 12, [1.0] * 5 + [1e-9] * 6 + [696.0] + [1e-9] * 5
+    metrics = grad_log({0: quiet, 1: spiky, 2: [1.0] * 17, 3: [1.0] * 17})
+    judged = vanished(metrics).set_index("member")
+    assert judged["vanished"].tolist() == [True, False, False, False]
+    assert judged.loc[1, "window_max"] == 696.0 and judged.loc[1, "final"] == 1e-9
+    assert set(judged["first_step"]) == {700} and set(judged["last_step"]) == {1600}
+    (sentence,) = [s for s in findings(members, metrics) if "anish" in s]
+    assert sentence.startswith(
+        "Gradients vanished (gradient norm < 1e-06 at each of the last 10 logged steps, steps 700–1600) for 1 of 4 "
+        "finished members: fixed τ = 0.001 (1 of 2)."
+    )
+    assert sentence.endswith(
+        "1 more finished with a gradient norm < 1e-06 on the last batch but reached 696.000 "
+        "within the last 10 logged steps: not vanished."
+    )
+
+
+def test_without_a_metrics_table_the_last_value_is_named_as_such() -> None:
+    members = table({0.001: [0.0, 0.0], 0.5: [1.0, 1.0]}, "grad_norm")
+    (sentence,) = [s for s in findings(members) if "anish" in s]
+    assert sentence == (
+        "Gradients vanished (last logged gradient norm < 1e-06; no metrics table to judge a window of steps) "
+        "for 2 of 4 finished members: fixed τ = 0.001 (2 of 2)."
+    )
+
+
+def test_a_single_seed_distillation_names_no_best_student() -> None:
+    rows = [
+        {"member": 0, "tau_mode": "fixed", "tau_init": T, "alpha": 0.9, "t2_scaling": True, "labeled_fraction": 0.1}
+        | {"seed": 0, "status": "ok", "accuracy": acc, "kl_teacher": 0.1, "ece": 0.0, "tau": T}
+        for T, acc in ((1.0, 0.7), (4.0, 0.8))
+    ]
+    (sentence,) = [s for s in findings(pd.DataFrame(rows)) if "student" in s]
+    assert sentence == (
+        "Labelled fraction 0.1: one seed, so no interval is possible and no student is called best "
+        "(the highest accuracy, 0.800, is at T = 4 (fixed), α = 0.9, with T²)."
+    )
+
+
+# ------------------------------------------------------------------------------------------ distillation tables
+
+
+def test_loglog_slopes_recover_a_known_power_law():
+    T = np.array([1.0, 2.0, 4.0, 8.0, 16.0])
+    rows = [
+        {"tau_mode": "fixed", "tau_init": t, "t2_scaling": t2, "seed": seed, "status": "ok", "g": (seed + 1) * t**power}
+        for seed in (0, 1)
+        for t2, power in ((False, -2.0), (True, 0.5))
+        for t in T
+    ]
+    slopes = loglog_slopes(pd.DataFrame(rows), "g", min_T=2.0)
+    assert slopes.set_index("t2_scaling")["slope_mean"].to_dict() == pytest.approx({False: -2.0, True: 0.5})
+    assert (slopes["seeds"] == 2).all()
+
+
+def test_teacher_gain_is_paired_by_seed():
+    base = {"tau_mode": "fixed", "t2_scaling": True, "labeled_fraction": 0.1, "status": "ok"}
+    rows = [
+        base | {"tau_init": T, "alpha": alpha, "seed": seed, "accuracy": accuracy}
+        for seed, alone in ((0, 0.5), (1, 0.7))
+        for T, alpha, accuracy in (
+            (4.0, 0.0, alone),
+            (1.0, 0.0, alone),
+            (4.0, 0.9, alone + 0.2),
+            (1.0, 0.9, alone + 0.1),
+        )
+    ]
+    table = teacher_gain(pd.DataFrame(rows)).set_index("student")
+    assert table.loc["best", "tau_init"] == 4.0
+    assert table.loc["best", "gain_mean"] == pytest.approx(0.2)
+    assert table.loc["best", "gain_sd"] == pytest.approx(0.0, abs=1e-12)  # unpaired, the sd would be 0.14
+    assert table.loc["best", "alone_mean"] == pytest.approx(0.6)
+
+
+def test_summary_tables_by_task() -> None:
+    rows = [
+        {"member": 0, "tau_mode": "fixed", "tau_init": T, "alpha": a, "t2_scaling": True, "labeled_fraction": 1.0}
+        | {"seed": s, "status": "ok", "accuracy": 0.5 + a / 10 + s / 100, "kl_teacher": 0.1, "ece": 0.0, "tau": T}
+        for T in (1.0, 4.0)
+        for a in (0.0, 0.9)
+        for s in (0, 1)
+    ]
+    members = pd.DataFrame(rows).assign(member=range(len(rows)))
+    tables = analysis.summary_tables("distill", members)
+    assert list(tables) == list(summary_tables(members))
+    assert "teacher's gain over α = 0, paired by seed" in tables
+    assert analysis.summary_tables("quadrants", members) == {} and analysis.summary_tables("clip", members) == {}
+
+
+# ------------------------------------------------------------------------------------------ layering
+
+
+def test_presentation_imports_no_training_code() -> None:
+    """figures/, report and analysis import neither tasks, search, engine nor config; seaborn, matplotlib
+    and scipy only once a figure is drawn or an interval computed."""
+    code = (
+        "import sys, tau_lab.analysis, tau_lab.figures, tau_lab.report\n"
+        "light = sorted(m for m in ('seaborn', 'matplotlib', 'scipy') if m in sys.modules)\n"
+        "import tau_lab.figures.clip, tau_lab.figures.curves, tau_lab.figures.distill, tau_lab.figures.quadrants\n"
+        "import tau_lab.figures.search, tau_lab.figures.softmax, tau_lab.figures.vs_tau\n"
+        "layers = sorted(m for m in sys.modules if m.split('.')[:2] in (['tau_lab', 'tasks'], ['tau_lab', 'search'],"
+        " ['tau_lab', 'engine'], ['tau_lab', 'config']))\n"
+        "print(light, layers)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] []"
