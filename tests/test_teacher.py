@@ -30,7 +30,12 @@ def test_env_var_names_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TAU_LAB_CACHE", str(tmp_path / "elsewhere"))
     assert cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("TAU_LAB_CACHE")
-    assert cache_dir().parts[-2:] == ("results", ".teachers")
+    # not under the working directory's results/: one cache per user, the XDG way
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "tau-lab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "tau-lab"
 
 
 def test_second_load_reuses_the_file(cache):
