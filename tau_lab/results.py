@@ -53,10 +53,12 @@ def redact(text: str) -> str:
     def hide(match: re.Match[str]) -> str:
         import sqlalchemy  # only when there is a URL: it takes a third of a second to import
 
+        url = match[0].rstrip(":,.;)]")  # punctuation of the sentence around it
         try:
-            return sqlalchemy.engine.make_url(match[0]).render_as_string(hide_password=True)
+            hidden = sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
         except (sqlalchemy.exc.ArgumentError, ValueError):  # not a database URL: hide user:password@ by hand
-            return re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", match[0])
+            hidden = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", url)
+        return hidden + match[0][len(url) :]
 
     return URL.sub(hide, text)
 

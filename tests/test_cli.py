@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import math
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -99,6 +101,19 @@ def test_sweep_runs_and_resume_of_a_finished_run_changes_nothing(tmp_path):
     again = run("sweep", "quadrants", "--resume", str(run_dir), "--quiet")
     assert again.exit_code == 0, again.output
     pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "metrics.parquet"), before)
+    # EXPERIMENT is optional with --resume: the run records its own
+    alone = run("sweep", "--resume", str(run_dir), "--quiet")
+    assert alone.exit_code == 0, alone.output
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "metrics.parquet"), before)
+    other = run("sweep", "digits_kd", "--resume", str(run_dir), "--quiet")
+    assert other.exit_code == 2 and other.stderr.count("\n") == 1
+    assert f"--resume {run_dir}: that run is of experiment 'quadrants', not 'digits_kd'" in other.stderr
+    assert sorted(p.name for p in (tmp_path / "quadrants").iterdir()) == [run_dir.name]  # nothing else written
+
+
+def test_sweep_needs_an_experiment_or_resume():
+    result = run("sweep")
+    assert result.exit_code == 2 and "give an EXPERIMENT" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_cuda_without_a_device_is_a_clear_error(tmp_path):
@@ -233,3 +248,21 @@ def test_help_lists_only_working_commands():
     result = run("--help")
     for command in ("table", "sweep", "experiments"):
         assert command in result.stdout
+
+
+def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
+    command = [sys.executable, "-m", "tau_lab", "sweep", "quadrants", "--steps", "1000000", "--quiet"]
+    process = subprocess.Popen(
+        [*command, "--results", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("quadrants/*/config.toml")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # training
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    (run_dir,) = (tmp_path / "quadrants").iterdir()  # the run, whole; no hidden staging folder left
+    assert stderr.strip().splitlines() == [f"interrupted: resume with: tau-lab sweep --resume {run_dir}"]
+    assert {"config.toml", "env.json"} <= {p.name for p in run_dir.iterdir()}
+    assert config.load_experiment(str(run_dir / "config.toml"))[0].steps == 1_000_000  # what --resume reads
