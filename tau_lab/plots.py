@@ -39,6 +39,7 @@ from matplotlib.transforms import blended_transform_factory
 
 from tau_lab import config, results, table
 from tau_lab import search as search_mod
+from tau_lab.errors import UserError
 from tau_lab.tasks import distill
 from tau_lab.temperature import MODES, SCHEDULES
 
@@ -97,9 +98,9 @@ def _run_labels(dirs: list[Path]) -> list[str]:
 
 
 def load_runs(run_dirs: list[Path]) -> Runs:
-    """Read the tables of ``run_dirs``; ``FileNotFoundError`` (one line) for a non-run directory."""
+    """Read the tables of ``run_dirs``; ``UserError`` (one line) for a non-run directory."""
     if not run_dirs:
-        raise ValueError("no run directory given: pass at least one results/<experiment>/<run-id>")
+        raise UserError("no run directory given: pass at least one results/<experiment>/<run-id>")
     members, metrics, embeddings, configs = [], [], {}, {}
     for run_dir, label in zip(run_dirs, _run_labels(run_dirs), strict=True):
         m = results.read_table(run_dir, "members").assign(run=label)
@@ -707,7 +708,7 @@ def load_search(directory: Path) -> SearchDir:
     directory = Path(directory)
     configs = sorted(directory.glob("*/config.toml"))
     if not configs:
-        raise FileNotFoundError(f"{directory}: no batch run directory with a config.toml: the objective is unknown")
+        raise UserError(f"{directory}: no batch run directory with a config.toml: the objective is unknown")
     settings = tomllib.loads(configs[0].read_text()).get("search", {})
     trials = pd.read_parquet(directory / "trials.parquet")
     return SearchDir(directory, trials, settings["objective"], settings["direction"], settings.get("space", {}))
@@ -888,7 +889,7 @@ def plot_softmax(logits: list[float], taus: list[float], path: Path, target: int
     path = Path(path)
     fmt = path.suffix.lower().removeprefix(".")
     if fmt not in FORMATS:
-        raise ValueError(f"--plot {path}: the suffix must be one of {', '.join('.' + f for f in FORMATS)}")
+        raise UserError(f"--plot {path}: the suffix must be one of {', '.join('.' + f for f in FORMATS)}")
     with _theme():
         fig = softmax_curves(logits, taus, target)
         results.atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=DPI))
@@ -919,12 +920,12 @@ def plot_run(run_dirs: list[Path], out: Path | None = None, fmt: str = "png") ->
     instead, into its own ``figures/`` (names suffixed by the directory's when several share ``out``).
     """
     if fmt not in FORMATS:
-        raise ValueError(f"format = {fmt!r} is not allowed: use one of {', '.join(FORMATS)}")
+        raise UserError(f"format = {fmt!r} is not allowed: use one of {', '.join(FORMATS)}")
     run_dirs = [Path(d) for d in run_dirs]
     searches = [d for d in run_dirs if is_search_dir(d)]
     if searches:
         if len(searches) < len(run_dirs):
-            raise ValueError("search directories and run directories cannot be drawn together: plot them apart")
+            raise UserError("search directories and run directories cannot be drawn together: plot them apart")
         written = []
         for directory in searches:
             suffix = f"-{directory.name}" if out is not None and len(searches) > 1 else ""

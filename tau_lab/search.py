@@ -587,7 +587,10 @@ def run(search: Search, workers: int = 1) -> optuna.Study:
             raise UserError(f"{len(codes)} of {workers} workers stopped on the error above")
         if codes:  # a worker's traceback is above it
             raise RuntimeError(f"{len(codes)} of {workers} workers failed (exit codes {', '.join(map(str, codes))})")
-    results.write_table(study.trials_dataframe(attrs=TRIALS_COLUMNS), search.directory / "trials", csv=True)
+    trials = study.trials_dataframe(attrs=TRIALS_COLUMNS)
+    # with metric names set Optuna calls the column value_<objective>: the table keeps its plain 'value'
+    trials = trials.rename(columns={f"value_{search.settings.objective}": "value"})
+    results.write_table(trials, search.directory / "trials", csv=True)
     return study
 
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
-NOT_SHIPPED = shutil.ignore_patterns(".git", ".venv", "results", "build", "dist", "*.egg-info", "__pycache__", ".*cache")
+NOT_SHIPPED = shutil.ignore_patterns(
+    ".git", ".venv", "results", "build", "dist", "*.egg-info", "__pycache__", ".*cache"
+)
 
 
 def test_a_wheel_installed_elsewhere_finds_and_runs_the_studies(tmp_path):

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from tau_lab import config, engine, plots, report, results, search
 from tau_lab.cli import app
+from tau_lab.errors import UserError
 from tau_lab.tasks import distill
 
 KINDS = ["training_curves", "final_metrics", "planes", "quadrants"]
@@ -148,7 +149,7 @@ def test_bad_format_and_not_a_run_directory(tmp_path: Path) -> None:
         plots.plot_run([tmp_path], fmt="jpg")
     missing = tmp_path / "not-a-run"
     missing.mkdir()
-    with pytest.raises(FileNotFoundError, match="not-a-run is not a tau-lab run directory") as err:
+    with pytest.raises(UserError, match="not-a-run is not a tau-lab run directory") as err:
         plots.plot_run([missing])
     assert "\n" not in str(err.value)
     assert not (missing / "figures").exists()

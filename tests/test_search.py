@@ -363,7 +363,9 @@ def test_the_study_names_its_objective_and_trials_record_when_they_started(tmp_p
     study = search.run(spec)
     assert study.metric_names == ["cross_similarity"]  # what optuna-dashboard labels the objective with
     assert all(isinstance(t.user_attrs["started"], float) and t.user_attrs["started"] >= before for t in study.trials)
-    assert pd.read_parquet(spec.directory / "trials.parquet")["user_attrs_started"].dtype == "float64"
+    table = pd.read_parquet(spec.directory / "trials.parquet")
+    assert table["user_attrs_started"].dtype == "float64"
+    assert table["value"].tolist() == [t.value for t in study.trials]  # the column keeps its name
 
 
 def search_process(root: Path, *options: str) -> subprocess.Popen:

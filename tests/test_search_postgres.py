@@ -22,7 +22,6 @@ import optuna
 import pytest
 import sqlalchemy
 from test_search import assert_each_trial_evaluated_once, assert_no_worker_asks_while_the_lock_is_held, load, trials_of
-
 from typer.testing import CliRunner
 
 from tau_lab import cli, search
@@ -96,7 +95,9 @@ def test_the_ask_lock_holds_off_a_worker_on_postgresql(tmp_path, postgres_url):
     assert_no_worker_asks_while_the_lock_is_held(load(tmp_path, storage=postgres_url, study_name="locked"), tmp_path)
 
 
-def _join_study(spec: search.Search, barrier: multiprocessing.synchronize.Barrier, errors: multiprocessing.Queue) -> None:
+def _join_study(
+    spec: search.Search, barrier: multiprocessing.synchronize.Barrier, errors: multiprocessing.Queue
+) -> None:
     """A worker's start: open the storage (the first one creates Optuna's tables) and join the study."""
     try:
         barrier.wait()
