@@ -28,6 +28,11 @@ heartbeat does not cover ask-and-tell, so before each batch a worker fails the R
 worker is gone (same host, no such process) or that started more than ``stale_after`` seconds
 ago, and re-queues their parameters (``study.enqueue_trial``, user attribute ``retry_of``); a
 failed trial that was retried no longer counts toward N.
+
+With ``--workers N`` the workers stop with their parent: Ctrl-C (which the whole process group
+gets) makes each hand its running trials back (failed and re-queued) and exit quietly, and a worker
+whose parent was killed does the same on its own. On PostgreSQL, Optuna's tables are created under
+an advisory lock, so that workers starting together on a fresh database do not race to create them.
 """
 
 from __future__ import annotations
@@ -486,7 +491,7 @@ def run_batch(study: optuna.Study, search: Search, trials: list[Trial]) -> Path:
         )
     except BaseException as err:  # interrupted or broken: the next worker runs these parameters again
         for trial in trials:
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            trial.set_user_attr("fail_reason", results.redact(f"{type(err).__name__}: {err}"))
             requeue(study, trial)
         raise
     states = []
@@ -547,7 +552,7 @@ def _work(search: Search, worker: int, threads: int, parent: int) -> None:
         storage = open_storage(search.storage)
         optimize(search, storage, open_study(search, storage, worker))
     except UserError as err:
-        print(f"error: worker {worker}: {err}", file=sys.stderr)
+        print(f"error: worker {worker}: {results.redact(str(err))}", file=sys.stderr)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         raise SystemExit(INTERRUPTED) from None
