@@ -266,3 +266,11 @@ def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
     assert stderr.strip().splitlines() == [f"interrupted: resume with: tau-lab sweep --resume {run_dir}"]
     assert {"config.toml", "env.json"} <= {p.name for p in run_dir.iterdir()}
     assert config.load_experiment(str(run_dir / "config.toml"))[0].steps == 1_000_000  # what --resume reads
+
+
+def test_results_go_to_tau_lab_results_when_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["sweep", "quadrants", "--steps", "2", "--quiet"], env={"TAU_LAB_RESULTS": "elsewhere"})
+    assert result.exit_code == 0, result.output
+    assert [p.parent.parent.name for p in (tmp_path / "elsewhere").glob("*/*/config.toml")] == ["quadrants"]
+    assert not (tmp_path / "results").exists()
