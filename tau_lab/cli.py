@@ -142,8 +142,8 @@ def experiments_command() -> None:
     for name, path in config.known_experiments().items():
         try:
             description = tomllib.loads(path.read_text()).get("description", "")
-        except tomllib.TOMLDecodeError as err:
-            description = f"(not valid TOML: {err})"
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+            description = f"(not a readable TOML file: {err})"
         typer.echo(f"{name:<24} {description}")
 
 

@@ -558,44 +558,59 @@ def _work(search: Search, worker: int, threads: int, parent: int) -> None:
         raise SystemExit(INTERRUPTED) from None
 
 
-def run(search: Search, workers: int = 1) -> optuna.Study:
-    """Run ``workers`` worker processes (this one alone when 1) until the study has N trials; then
-    write its trials table (``trials.parquet`` + ``trials.csv``) and return the study."""
-    check_workers(search.storage, workers)
-    storage = open_storage(search.storage)
-    study = open_study(search, storage)  # created (or refused) once, before any worker joins
-    if workers == 1:
-        optimize(search, storage, study)
-    else:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or locks
-        threads = max(1, torch.get_num_threads() // workers)
-        processes = [context.Process(target=_work, args=(search, w, threads, os.getpid())) for w in range(workers)]
-        try:
-            for process in processes:
-                process.start()
-            for process in processes:
+def _run_workers(search: Search, workers: int) -> None:
+    """``workers`` spawned worker processes sharing the study, stopped with this one whatever stops it."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or locks
+    threads = max(1, torch.get_num_threads() // workers)
+    processes = [context.Process(target=_work, args=(search, w, threads, os.getpid())) for w in range(workers)]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join()
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group: give the workers time to hand their trials back
+        for process in processes:
+            process.join(timeout=INTERRUPT_GRACE_S)
+        raise
+    finally:
+        for process in processes:  # a parent that stops for any reason stops its workers
+            if process.is_alive():
+                process.terminate()
                 process.join()
-        except KeyboardInterrupt:
-            # Ctrl-C reaches the whole process group: give the workers time to hand their trials back
-            for process in processes:
-                process.join(timeout=INTERRUPT_GRACE_S)
-            raise
-        finally:
-            for process in processes:  # a parent that stops for any reason stops its workers
-                if process.is_alive():
-                    process.terminate()
-                    process.join()
-        codes = [p.exitcode for p in processes if p.exitcode]
-        if INTERRUPTED in codes:  # someone interrupted the workers alone: the study is resumable all the same
-            raise KeyboardInterrupt
-        if codes and all(code == 2 for code in codes):  # each printed its one-line error
-            raise UserError(f"{len(codes)} of {workers} workers stopped on the error above")
-        if codes:  # a worker's traceback is above it
-            raise RuntimeError(f"{len(codes)} of {workers} workers failed (exit codes {', '.join(map(str, codes))})")
+    codes = [p.exitcode for p in processes if p.exitcode]
+    if INTERRUPTED in codes:  # someone interrupted the workers alone: the study is resumable all the same
+        raise KeyboardInterrupt
+    if codes and all(code == 2 for code in codes):  # each printed its one-line error
+        raise UserError(f"{len(codes)} of {workers} workers stopped on the error above")
+    if codes:  # a worker's traceback is above it
+        raise RuntimeError(f"{len(codes)} of {workers} workers failed (exit codes {', '.join(map(str, codes))})")
+
+
+def write_trials(search: Search, study: optuna.Study) -> None:
+    """``trials.parquet`` + ``trials.csv`` in the search's folder: one row per trial, as the study holds them now."""
     trials = study.trials_dataframe(attrs=TRIALS_COLUMNS)
     # with metric names set Optuna calls the column value_<objective>: the table keeps its plain 'value'
     trials = trials.rename(columns={f"value_{search.settings.objective}": "value"})
     results.write_table(trials, search.directory / "trials", csv=True)
+
+
+def run(search: Search, workers: int = 1) -> optuna.Study:
+    """Run ``workers`` worker processes (this one alone when 1) until the study has N trials; then
+    write its trials table and return the study. Interrupted, it writes the table as it stands
+    (running trials handed back) before letting the interruption through."""
+    check_workers(search.storage, workers)
+    storage = open_storage(search.storage)
+    study = open_study(search, storage)  # created (or refused) once, before any worker joins
+    try:
+        if workers == 1:
+            optimize(search, storage, study)
+        else:
+            _run_workers(search, workers)
+    except KeyboardInterrupt:
+        write_trials(search, study)
+        raise
+    write_trials(search, study)
     return study
 
 

@@ -396,8 +396,10 @@ def test_ctrl_c_with_two_workers_prints_the_resume_command_once_and_no_traceback
     assert len(resume) == 1
     args = shlex.split(resume[0].removeprefix("interrupted: resume with: "))
     assert args[:3] == ["tau-lab", "search", "quadrants_search"] and "--trials" in args and "8" in args
-    # every running trial was handed back: failed, and its parameters queued again
+    # every running trial was handed back: failed, and its parameters queued again; the table says so
     trials = {t.number: t for t in trials_of(spec)}
+    table = pd.read_parquet(spec.directory / "trials.parquet").set_index("number")
+    assert table["state"].to_dict() == {number: t.state.name for number, t in trials.items()}
     assert all(trials[t.number].state == TrialState.FAIL for t in running)
     assert sorted(t.user_attrs["retry_of"] for t in trials.values() if t.state == TrialState.WAITING) == sorted(
         t.number for t in running
