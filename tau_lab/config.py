@@ -1,8 +1,8 @@
 """Experiment files: the schema, TOML loading, ``--set`` overrides and grid expansion.
 
 An experiment is a TOML file: a path, ``experiments/NAME.toml`` in the working directory, or a
-study shipped with tau-lab (``tau_lab/experiments/NAME.toml``, package data). Its ``[sweep]`` table holds lists whose
-product with ``seeds`` gives the members of the population. Every error is one line naming the
+study shipped with tau-lab (``tau_lab/experiments/NAME.toml``, package data). Its ``[sweep]``
+table holds lists whose product with ``seeds`` gives the members of the population. Every error is one line naming the
 file, the key, the value and what is allowed (``ConfigError``, a ``ValueError``).
 """
 

@@ -80,11 +80,11 @@ logger = logging.getLogger(__name__)
 LOG_FORMAT = "[%(levelname).1s %(asctime)s] %(message)s"  # Optuna's own
 
 SCHEMA_LOCK = zlib.crc32(b"tau-lab: create Optuna's schema")  # the advisory lock key, the same in every worker
-STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# the trials table: Optuna's default columns less system_attrs (internal, and nested dicts that parquet cannot store)
 PARENT_POLL_S = 1.0  # how often a worker checks that its parent is alive
 INTERRUPT_GRACE_S = 60.0  # how long an interrupted parent waits for its workers to hand their trials back
 INTERRUPTED = 130  # a worker's exit code after Ctrl-C, as a shell reports a process that SIGINT ended
+STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# the trials table: Optuna's default columns less system_attrs (internal, and nested dicts that parquet cannot store)
 TRIALS_COLUMNS = ("number", "value", "state", "params", "user_attrs", "datetime_start", "datetime_complete", "duration")
 
 
@@ -263,16 +263,16 @@ def open_storage(storage: str) -> BaseStorage:
         url = sqlalchemy.engine.make_url(storage)
         if url.get_backend_name() != "postgresql":
             return RDBStorage(storage)
-        engine_ = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        locker = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
         try:
-            with engine_.connect() as connection:
+            with locker.connect() as connection:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
                 try:
                     return RDBStorage(storage)
                 finally:
                     connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
         finally:
-            engine_.dispose()
+            locker.dispose()
     except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # a bad URL, no driver, no server, refused login
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
         raise UserError(f"--storage {results.redact(storage)}: cannot open it: {results.redact(reason)}") from None
