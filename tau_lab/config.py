@@ -1,26 +1,31 @@
 """Experiment files: the schema, TOML loading, ``--set`` overrides and grid expansion.
 
-An experiment is a TOML file (``experiments/NAME.toml``). Its ``[sweep]`` table holds lists whose
-product with ``seeds`` gives the members of the population. Every error is one line naming the
+An experiment is a TOML file: a path, ``experiments/NAME.toml`` in the working directory, or a
+study shipped with tau-lab (``tau_lab/experiments/NAME.toml``, package data). Its ``[sweep]``
+table holds lists whose product with ``seeds`` gives the members of the population. Every error is one line naming the
 file, the key, the value and what is allowed (``ConfigError``, a ``ValueError``).
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import itertools
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator, model_validator
 
 from tau_lab.errors import UserError
 from tau_lab.tasks import TASKS
-from tau_lab.tasks.base import Sweep as Sweep  # the base grid lives with the tasks; re-exported for the CLI
 from tau_lab.temperature import NEEDS_PERIOD, start_tau
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+# The shipped studies: package data (in a source checkout, tau_lab/experiments links to the top-level experiments/).
+EXPERIMENTS_DIR = Path(str(importlib.resources.files("tau_lab") / "experiments"))
+# A run's folder is results/<name>/: one path component, no separators, not '.' or '..'.
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ConfigError(UserError):
@@ -79,6 +84,14 @@ class Experiment(_Strict):
     sweep: Section = {}
     search: dict[str, Any] | None = Field(None, description="tau-lab search's table, checked by tau_lab.search")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder(cls, name: str) -> str:
+        # '' is the default (the file's stem); anything else names one folder under --results
+        if name and (not NAME.fullmatch(name) or ".." in name):
+            raise ValueError("use letters, digits, '.', '_' and '-', no '..' (it names a folder under --results)")
+        return name
+
 
 def _one_line(error: ValidationError, source: str, section: str = "") -> str:
     first = error.errors()[0]
@@ -115,17 +128,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def known_experiments() -> dict[str, Path]:
+    """The studies by name: the shipped ones, overridden by the working directory's ``experiments/*.toml``."""
+    found = {}
+    for folder in (EXPERIMENTS_DIR, Path("experiments")):
+        found |= {path.stem: path for path in sorted(folder.glob("*.toml"))}
+    return dict(sorted(found.items()))
+
+
 def resolve_path(name_or_path: str) -> Path:
-    """``quadrants`` → ``experiments/quadrants.toml``; a path is taken as it is."""
+    """A path (``*.toml``, or any existing file) is taken as it is; a name is looked up in the
+    working directory's ``experiments/NAME.toml``, then among the shipped studies."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
-        candidate = path
-    else:
-        candidate = EXPERIMENTS_DIR / f"{name_or_path}.toml"
-    if not candidate.is_file():
-        known = ", ".join(sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.toml")))
-        raise ConfigError(f"experiment '{name_or_path}' not found: no file {candidate} (known: {known})")
-    return candidate
+        if not path.is_file():
+            raise ConfigError(f"experiment '{name_or_path}' not found: no file {path}")
+        return path
+    known = known_experiments()
+    if name_or_path not in known:
+        raise ConfigError(
+            f"experiment '{name_or_path}' not found: not a file, nor a study in ./experiments or "
+            f"the shipped ones (known: {', '.join(known)})"
+        )
+    return known[name_or_path]
 
 
 def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> tuple[Experiment, Path]:

@@ -28,10 +28,16 @@ heartbeat does not cover ask-and-tell, so before each batch a worker fails the R
 worker is gone (same host, no such process) or that started more than ``stale_after`` seconds
 ago, and re-queues their parameters (``study.enqueue_trial``, user attribute ``retry_of``); a
 failed trial that was retried no longer counts toward N.
+
+With ``--workers N`` the workers stop with their parent: Ctrl-C (which the whole process group
+gets) makes each hand its running trials back (failed and re-queued) and exit quietly, and a worker
+whose parent was killed does the same on its own. On PostgreSQL, Optuna's tables are created under
+an advisory lock, so that workers starting together on a fresh database do not race to create them.
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import dataclasses
 import fcntl
@@ -42,11 +48,13 @@ import os
 import re
 import shlex
 import socket
+import sys
+import threading
 import time
+import warnings
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,26 +73,19 @@ from torch import Tensor
 
 from tau_lab import config, engine, results
 from tau_lab.config import ConfigError
+from tau_lab.errors import UserError
+from tau_lab.search_choices import PrunerName, SamplerName
 
 logger = logging.getLogger(__name__)
 LOG_FORMAT = "[%(levelname).1s %(asctime)s] %(message)s"  # Optuna's own
 
+SCHEMA_LOCK = zlib.crc32(b"tau-lab: create Optuna's schema")  # the advisory lock key, the same in every worker
+PARENT_POLL_S = 1.0  # how often a worker checks that its parent is alive
+INTERRUPT_GRACE_S = 60.0  # how long an interrupted parent waits for its workers to hand their trials back
+INTERRUPTED = 130  # a worker's exit code after Ctrl-C, as a shell reports a process that SIGINT ended
 STUDY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # the trials table: Optuna's default columns less system_attrs (internal, and nested dicts that parquet cannot store)
 TRIALS_COLUMNS = ("number", "value", "state", "params", "user_attrs", "datetime_start", "datetime_complete", "duration")
-
-
-class SamplerName(StrEnum):
-    tpe = "tpe"
-    random = "random"
-    cmaes = "cmaes"
-    grid = "grid"
-
-
-class PrunerName(StrEnum):
-    median = "median"
-    hyperband = "hyperband"
-    none = "none"
 
 
 class Range(BaseModel):
@@ -222,7 +223,7 @@ def load(
     settings, space = parse_space(spec, str(path))
     study_name = study_name or path.stem
     if not STUDY_NAME.fullmatch(study_name):
-        raise ValueError(f"--study {study_name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
+        raise UserError(f"--study {study_name!r}: use letters, digits, '.', '_' and '-' (it names a folder)")
     directory = root / path.stem / f"search-{study_name}"
     search = Search(
         experiment=spec,
@@ -247,11 +248,35 @@ def load(
 
 
 def open_storage(storage: str) -> BaseStorage:
-    """An RDB URL (``postgresql://...``, ``sqlite:///...``), or else the path of a journal file."""
-    if "://" in storage:
-        return RDBStorage(storage)
-    Path(storage).parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(storage))
+    """An RDB URL (``postgresql://...``, ``sqlite:///...``), or else the path of a journal file.
+
+    On PostgreSQL the first connection creates Optuna's tables; workers that start together on a
+    fresh database would race to create them (``DuplicateTable``, or ``IntegrityError`` on
+    ``alembic_version``), so creation happens under a database-wide advisory lock: the first
+    worker creates the schema, the others wait and find it. A storage that cannot be opened is one
+    line, its password hidden.
+    """
+    if "://" not in storage:
+        with results.writing(Path(storage)):
+            Path(storage).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(storage))
+    try:
+        url = sqlalchemy.engine.make_url(storage)
+        if url.get_backend_name() != "postgresql":
+            return RDBStorage(storage)
+        locker = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with locker.connect() as connection:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK})
+                try:
+                    return RDBStorage(storage)
+                finally:
+                    connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK})
+        finally:
+            locker.dispose()
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError) as err:  # a bad URL, no driver, no server, refused login
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise UserError(f"--storage {results.redact(storage)}: cannot open it: {results.redact(reason)}") from None
 
 
 def check_workers(storage: str, workers: int) -> None:
@@ -260,13 +285,13 @@ def check_workers(storage: str, workers: int) -> None:
         return
     backend = sqlalchemy.engine.make_url(storage).get_backend_name()
     if backend == "sqlite":
-        raise ValueError(
-            f"--storage {storage} with --workers {workers}: SQLite serves one process at a time "
+        raise UserError(
+            f"--storage {results.redact(storage)} with --workers {workers}: SQLite serves one process at a time "
             f"('database is locked'): leave out --storage for the journal file, or use a PostgreSQL URL"
         )
     if backend != "postgresql":
-        raise ValueError(
-            f"--storage {storage} with --workers {workers}: several workers need the journal file "
+        raise UserError(
+            f"--storage {results.redact(storage)} with --workers {workers}: several workers need the journal file "
             f"(leave out --storage) or a PostgreSQL URL"
         )
 
@@ -339,11 +364,15 @@ def open_study(search: Search, storage: BaseStorage, worker: int = 0) -> optuna.
     objective, direction = search.settings.objective, search.settings.direction
     held = study.user_attrs.get("objective", objective), study.direction.name.lower()
     if held != (objective, direction):
-        raise ValueError(
-            f"study '{search.study_name}' in {search.storage} optimises {held[0]} ({held[1]}), but "
+        raise UserError(
+            f"study '{search.study_name}' in {results.redact(search.storage)} optimises {held[0]} ({held[1]}), but "
             f"{search.source} asks for {objective} ({direction}): pick another --study"
         )
     study.set_user_attr("objective", objective)
+    if study.metric_names != [objective]:
+        with warnings.catch_warnings():  # experimental in Optuna 4, and what optuna-dashboard labels its axes with
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([objective])
     # set once the study is open: the seed depends on how many trials it holds
     study.sampler = make_sampler(search, worker_seed(search.seed, worker, len(study.trials)))
     return study
@@ -451,16 +480,19 @@ def run_batch(study: optuna.Study, search: Search, trials: list[Trial]) -> Path:
         return prune
 
     try:
+        device = engine.resolve_device(search.experiment.device)
+        files = results.run_files(config.dumps(search.experiment), device)
         run_dir, out = engine.run_sweep(
             search.experiment,
             search.directory.name,
+            run_dir=results.new_run_dir(search.directory.name, search.directory.parent, files),
             root=search.directory.parent,
             rows=member_rows(search, trials),
             on_eval=on_eval,
         )
     except BaseException as err:  # interrupted or broken: the next worker runs these parameters again
         for trial in trials:
-            trial.set_user_attr("fail_reason", f"{type(err).__name__}: {err}")
+            trial.set_user_attr("fail_reason", results.redact(f"{type(err).__name__}: {err}"))
             requeue(study, trial)
         raise
     states = []
@@ -503,37 +535,83 @@ def optimize(search: Search, storage: BaseStorage, study: optuna.Study) -> None:
         run_batch(study, search, trials)
 
 
-def _work(search: Search, worker: int, threads: int) -> None:
-    """A spawned worker: its share of the CPU, the parent's log format, one line (no traceback) for bad input."""
+def _stop_with(parent: int) -> None:
+    """Interrupt this worker's main thread once its parent is gone (killed, so ``run`` could not stop it):
+    the worker hands its running trials back to the study and exits, instead of training on alone."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    _thread.interrupt_main()
+
+
+def _work(search: Search, worker: int, threads: int, parent: int) -> None:
+    """A spawned worker: its share of the CPU, the parent's log format; bad input is one line and exit
+    code 2, Ctrl-C (which the whole process group gets) a quiet exit once its trials are handed back."""
+    threading.Thread(target=_stop_with, args=(parent,), daemon=True).start()
     torch.set_num_threads(threads)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         storage = open_storage(search.storage)
         optimize(search, storage, open_study(search, storage, worker))
-    except ValueError as err:
-        raise SystemExit(f"error: worker {worker}: {err}") from None
+    except UserError as err:
+        print(f"error: worker {worker}: {results.redact(str(err))}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        raise SystemExit(INTERRUPTED) from None
 
 
-def run(search: Search, workers: int = 1) -> optuna.Study:
-    """Run ``workers`` worker processes (this one alone when 1) until the study has N trials; then
-    write its trials table (``trials.parquet`` + ``trials.csv``) and return the study."""
-    check_workers(search.storage, workers)
-    storage = open_storage(search.storage)
-    study = open_study(search, storage)  # created (or refused) once, before any worker joins
-    if workers == 1:
-        optimize(search, storage, study)
-    else:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or locks
-        threads = max(1, torch.get_num_threads() // workers)
-        processes = [context.Process(target=_work, args=(search, w, threads)) for w in range(workers)]
+def _run_workers(search: Search, workers: int) -> None:
+    """``workers`` spawned worker processes sharing the study, stopped with this one whatever stops it."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked torch or locks
+    threads = max(1, torch.get_num_threads() // workers)
+    processes = [context.Process(target=_work, args=(search, w, threads, os.getpid())) for w in range(workers)]
+    try:
         for process in processes:
             process.start()
         for process in processes:
             process.join()
-        failed = [str(p.exitcode) for p in processes if p.exitcode]
-        if failed:
-            raise ValueError(f"{len(failed)} of {workers} workers failed (exit codes {', '.join(failed)})")
-    results.write_table(study.trials_dataframe(attrs=TRIALS_COLUMNS), search.directory / "trials", csv=True)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the whole process group: give the workers time to hand their trials back
+        for process in processes:
+            process.join(timeout=INTERRUPT_GRACE_S)
+        raise
+    finally:
+        for process in processes:  # a parent that stops for any reason stops its workers
+            if process.is_alive():
+                process.terminate()
+                process.join()
+    codes = [p.exitcode for p in processes if p.exitcode]
+    if INTERRUPTED in codes:  # someone interrupted the workers alone: the study is resumable all the same
+        raise KeyboardInterrupt
+    if codes and all(code == 2 for code in codes):  # each printed its one-line error
+        raise UserError(f"{len(codes)} of {workers} workers stopped on the error above")
+    if codes:  # a worker's traceback is above it
+        raise RuntimeError(f"{len(codes)} of {workers} workers failed (exit codes {', '.join(map(str, codes))})")
+
+
+def write_trials(search: Search, study: optuna.Study) -> None:
+    """``trials.parquet`` + ``trials.csv`` in the search's folder: one row per trial, as the study holds them now."""
+    trials = study.trials_dataframe(attrs=TRIALS_COLUMNS)
+    # with metric names set Optuna calls the column value_<objective>: the table keeps its plain 'value'
+    trials = trials.rename(columns={f"value_{search.settings.objective}": "value"})
+    results.write_table(trials, search.directory / "trials", csv=True)
+
+
+def run(search: Search, workers: int = 1) -> optuna.Study:
+    """Run ``workers`` worker processes (this one alone when 1) until the study has N trials; then
+    write its trials table and return the study. Interrupted, it writes the table as it stands
+    (running trials handed back) before letting the interruption through."""
+    check_workers(search.storage, workers)
+    storage = open_storage(search.storage)
+    study = open_study(search, storage)  # created (or refused) once, before any worker joins
+    try:
+        if workers == 1:
+            optimize(search, storage, study)
+        else:
+            _run_workers(search, workers)
+    except KeyboardInterrupt:
+        write_trials(search, study)
+        raise
+    write_trials(search, study)
     return study
 
 

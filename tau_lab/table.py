@@ -1,4 +1,5 @@
-"""Seed 001's table: the softmax probabilities and the cross-entropy of given logits at each τ."""
+"""The softmax table of the quadrants study's blog post: the softmax probabilities and the
+cross-entropy of given logits at each τ."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pandas as pd
 import torch
 
 from tau_lab.checks import check_positive
+from tau_lab.errors import UserError
 
 
 def softmax_table(logits: Sequence[float], taus: Sequence[float], target: int | None = None) -> pd.DataFrame:
@@ -17,10 +19,10 @@ def softmax_table(logits: Sequence[float], taus: Sequence[float], target: int | 
     Columns: ``tau``, ``z0/tau …``, ``p0 …``, and ``cross_entropy`` when ``target`` is given.
     """
     if len(logits) < 2:
-        raise ValueError(f"logits = {list(logits)} is not allowed: give at least two values")
+        raise UserError(f"logits = {list(logits)} is not allowed: give at least two values")
     check_positive("tau", taus)
     if target is not None and not 0 <= target < len(logits):
-        raise ValueError(f"target = {target} is not allowed: it must index the logits, 0..{len(logits) - 1}")
+        raise UserError(f"target = {target} is not allowed: it must index the logits, 0..{len(logits) - 1}")
     z = torch.tensor(logits, dtype=torch.float64)
     rows = []
     for tau in taus:

@@ -4,10 +4,12 @@ A teacher is defined by everything that shapes its weights: the data split, the 
 optimizer, the steps, the seed and the version of the code that trains it. The SHA-256 of those,
 as canonical JSON, names its file ``<cache>/teacher-<hash>.pt``: the same definition loads that
 file and trains nothing; any change trains and caches a new teacher. The cache is
-``$TAU_LAB_CACHE`` when set, else ``results/.teachers``.
+``$TAU_LAB_CACHE`` when set, else ``$XDG_CACHE_HOME/tau-lab`` (``~/.cache/tau-lab`` by default): one
+cache per user, shared by every results folder.
 
 Teachers train on the CPU in float32 whatever device the students use, so a cached teacher is
-the same file on every machine.
+the same file on every machine. Training one takes about a minute: it says so on stderr, with the
+file it will be cached in, and shows a progress bar when stderr is a terminal.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
+from tqdm import tqdm
 
 import tau_lab
 from tau_lab import results
@@ -53,8 +57,10 @@ class Teacher(NamedTuple):
 
 
 def cache_dir() -> Path:
-    """``$TAU_LAB_CACHE``, else ``results/.teachers`` (relative to the working directory, as results are)."""
-    return Path(os.environ.get("TAU_LAB_CACHE", results.RESULTS_DIR / ".teachers"))
+    """``$TAU_LAB_CACHE``, else ``$XDG_CACHE_HOME/tau-lab``, else ``~/.cache/tau-lab`` (the XDG default)."""
+    if os.environ.get("TAU_LAB_CACHE"):
+        return Path(os.environ["TAU_LAB_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tau-lab"
 
 
 def definition(spec: TeacherSpec, test_fraction: float, split_seed: int) -> dict[str, Any]:
@@ -96,7 +102,7 @@ def train_teacher(spec: TeacherSpec, train_x: Tensor, train_y: Tensor) -> nn.Seq
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
     g = torch.Generator().manual_seed(spec.seed)
     order = torch.empty(0, dtype=torch.long)
-    for _ in range(spec.steps):
+    for _ in tqdm(range(spec.steps), desc="teacher", unit="step", disable=not sys.stderr.isatty(), leave=False):
         if len(order) < spec.batch_size:
             order = torch.cat([order, torch.randperm(len(train_y), generator=g)])
         index, order = order[: spec.batch_size], order[spec.batch_size :]
@@ -115,6 +121,7 @@ def load_teacher(spec: TeacherSpec, test_fraction: float, split_seed: int, cache
         model = make_teacher(spec)
         model.load_state_dict(saved["state_dict"])
         return Teacher(model.eval().requires_grad_(False), saved["test_accuracy"], path, trained=False)
+    print(f"training the distillation teacher ({spec.steps} steps), once: it is cached in {path}", file=sys.stderr)
     data = load_digits(test_fraction, split_seed)
     model = train_teacher(spec, data.train_x, data.train_y)
     saved = {

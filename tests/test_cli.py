@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from tau_lab.cli import app
+from tau_lab import config
+from tau_lab.cli import app, print_frame, summary_columns
+from tau_lab.errors import UserError
 
 runner = CliRunner()
 
@@ -93,11 +101,33 @@ def test_sweep_runs_and_resume_of_a_finished_run_changes_nothing(tmp_path):
     again = run("sweep", "quadrants", "--resume", str(run_dir), "--quiet")
     assert again.exit_code == 0, again.output
     pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "metrics.parquet"), before)
+    # EXPERIMENT is optional with --resume: the run records its own
+    alone = run("sweep", "--resume", str(run_dir), "--quiet")
+    assert alone.exit_code == 0, alone.output
+    pd.testing.assert_frame_equal(pd.read_parquet(run_dir / "metrics.parquet"), before)
+    other = run("sweep", "digits_kd", "--resume", str(run_dir), "--quiet")
+    assert other.exit_code == 2 and other.stderr.count("\n") == 1
+    assert f"--resume {run_dir}: that run is of experiment 'quadrants', not 'digits_kd'" in other.stderr
+    assert sorted(p.name for p in (tmp_path / "quadrants").iterdir()) == [run_dir.name]  # nothing else written
+
+
+def test_sweep_needs_an_experiment_or_resume():
+    result = run("sweep")
+    assert result.exit_code == 2 and "give an EXPERIMENT" in result.stderr and result.stderr.count("\n") == 1
 
 
 def test_cuda_without_a_device_is_a_clear_error(tmp_path):
     import torch
 
+    from tau_lab import engine
+
+    if not torch.cuda.is_available():
+        try:
+            engine.resolve_device("cuda")
+        except UserError:
+            pass
+        except ValueError:
+            pytest.xfail("engine.resolve_device raises a plain ValueError: the engine's change to UserError is pending")
     result = run("sweep", "quadrants", "--steps", "2", "--device", "cuda", "--results", str(tmp_path), "--quiet")
     if torch.cuda.is_available():
         assert result.exit_code == 0
@@ -110,10 +140,137 @@ def test_cuda_without_a_device_is_a_clear_error(tmp_path):
 def test_experiments_lists_the_studies():
     result = run("experiments")
     assert result.exit_code == 0
-    assert any(line.startswith("quadrants ") and "Seed 001" in line for line in result.stdout.splitlines())
+    assert any(line.startswith("quadrants ") and "quadrants study" in line for line in result.stdout.splitlines())
+
+
+def test_a_study_in_the_working_directory_wins(tmp_path, monkeypatch):
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "quadrants.toml").write_text('description = "mine"\ntask = "quadrants"\nsteps = 7\n')
+    monkeypatch.chdir(tmp_path)
+    assert [line.split() for line in run("experiments").stdout.splitlines() if line.startswith("quadrants ")] == [
+        ["quadrants", "mine"]
+    ]
+    spec, path = config.load_experiment("quadrants")
+    assert spec.steps == 7 and path == Path("experiments/quadrants.toml")
+    assert config.load_experiment("digits_kd")[1] == config.EXPERIMENTS_DIR / "digits_kd.toml"  # the shipped one
+
+
+def test_user_facing_text_names_the_studies_not_seed_files():
+    """Help, errors and study descriptions speak of the studies, not of "seed 001" (a file users do not have)."""
+    texts = [run("--help").stdout, run("experiments").stdout]
+    for command in ("table", "sweep", "experiments", "plot", "report", "search"):
+        help_text = run(command, "--help").stdout
+        texts.append(help_text.split("Grid axes beside")[0])  # the axes' descriptions belong to the tasks
+    texts += [path.read_text() for path in config.known_experiments().values()]
+    texts.append(run("sweep", "nosuchstudy").stderr)
+    for text in texts:
+        assert not re.search(r"seed[ _-]?0\d\d", text, re.IGNORECASE), text
+
+
+def test_only_user_errors_are_one_line_an_internal_value_error_is_a_traceback(tmp_path, monkeypatch):
+    from tau_lab import engine
+
+    def broken(*args, **kwargs):
+        raise ValueError("an internal bug")
+
+    monkeypatch.setattr(engine, "run_sweep", broken)
+    result = run("sweep", "quadrants", "--steps", "2", "--results", str(tmp_path), "--quiet")
+    assert result.exit_code == 1 and isinstance(result.exception, ValueError)
+    assert "error: an internal bug" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("steps = = 3", "not valid TOML"), (None, "not found: no file")],
+)
+def test_unreadable_experiment_files_are_one_line(tmp_path, text, message):
+    path = tmp_path / "mine.toml"
+    if text is not None:
+        path.write_text(text)
+    result = run("sweep", str(path), "--results", str(tmp_path))
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["sweep", "--help"]])
+def test_version_and_help_import_no_heavy_library(args):
+    heavy = ["seaborn", "matplotlib", "scipy", "optuna", "tau_lab.plots", "tau_lab.figures", "tau_lab.engine"]
+    if args != ["sweep", "--help"]:  # the grid axes in sweep's help come from the tasks
+        heavy += ["torch", "pandas", "sqlalchemy"]
+    code = (
+        "import sys\nfrom tau_lab import cli\ntry:\n    cli.app(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        f"print([m for m in {heavy!r} if m in sys.modules], file=sys.stderr)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_a_table_fits_the_terminal(monkeypatch, capsys):
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # rich: a terminal, whatever pytest's stdout is
+    monkeypatch.setenv("COLUMNS", "100")
+    frame = pd.DataFrame({f"metric_{i}": [1.0 / (i + 1), 2.0] for i in range(16)})
+    print_frame(frame, title="wide")
+    lines = capsys.readouterr().out.splitlines()
+    assert max(len(re.sub(r"\x1b\[[0-9;]*m", "", line)) for line in lines) <= 100
+    monkeypatch.setenv("TTY_COMPATIBLE", "0")  # a file or a pipe: the natural width, no cell wrapped
+    print_frame(frame, title="wide")
+    lines = capsys.readouterr().out.splitlines()
+    assert "metric_15" in lines[2] and len(lines) == 7  # title, 3 rules, header, 2 rows
+
+
+def test_the_summary_shows_the_tasks_own_axes_and_headline_metrics():
+    distill = pd.DataFrame(
+        {
+            "member": [0, 1],
+            "tau_mode": ["fixed"] * 2,
+            "tau_init": [4.0] * 2,
+            "alpha": [0.5, 0.9],
+            "t2_scaling": [True, False],
+            "labeled_fraction": [0.05, 0.05],
+            "seed": [0, 0],
+            "status": ["ok"] * 2,
+            "loss": [0.1, 0.2],
+            "tau": [4.0] * 2,
+            "accuracy": [0.9, 0.8],
+            "ece": [0.01, 0.02],
+            "grad_norm": [1.0, 2.0],
+        }
+    )
+    assert summary_columns("distill", distill) == [
+        *["member", "tau_mode", "tau_init", "alpha", "t2_scaling"],  # labeled_fraction has one value: not shown
+        *["seed", "status", "loss", "tau", "accuracy", "ece"],
+    ]
+    pairs = pd.DataFrame({"member": [0], "tau_mode": ["fixed"], "recall_a2b": [0.5], "recall_b2a": [0.4], "x": [1]})
+    assert summary_columns("pairs", pairs) == ["member", "tau_mode", "recall_a2b", "recall_b2a"]
 
 
 def test_help_lists_only_working_commands():
     result = run("--help")
     for command in ("table", "sweep", "experiments"):
         assert command in result.stdout
+
+
+def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
+    command = [sys.executable, "-m", "tau_lab", "sweep", "quadrants", "--steps", "1000000", "--quiet"]
+    process = subprocess.Popen(
+        [*command, "--results", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("quadrants/*/config.toml")) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # training
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    (run_dir,) = (tmp_path / "quadrants").iterdir()  # the run, whole; no hidden staging folder left
+    assert stderr.strip().splitlines() == [f"interrupted: resume with: tau-lab sweep --resume {run_dir}"]
+    assert {"config.toml", "env.json"} <= {p.name for p in run_dir.iterdir()}
+    assert config.load_experiment(str(run_dir / "config.toml"))[0].steps == 1_000_000  # what --resume reads
+
+
+def test_results_go_to_tau_lab_results_when_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["sweep", "quadrants", "--steps", "2", "--quiet"], env={"TAU_LAB_RESULTS": "elsewhere"})
+    assert result.exit_code == 0, result.output
+    assert [p.parent.parent.name for p in (tmp_path / "elsewhere").glob("*/*/config.toml")] == ["quadrants"]
+    assert not (tmp_path / "results").exists()

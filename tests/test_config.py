@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from tau_lab import config
 
 
-def test_quadrants_is_seed_001():
+def test_quadrants_is_the_blog_posts_study():
     exp, path = config.load_experiment("quadrants")
     assert path.name == "quadrants.toml"
     assert exp.steps == 10_000 and exp.optimizer.name == "sgd" and exp.optimizer.lr == 3e-4
@@ -71,6 +71,11 @@ def test_resolved_config_round_trips(tmp_path):
         ({"task": "quadrants", "temperature": {"tau_min": 1.0, "tau_max": 0.5}}, "tau_min = 1 must be smaller"),
         ({"task": "quadrants", "sweep": {"tau": [float("nan")]}}, "sweep.tau"),
         ({"task": "quadrants", "sweep": {"tau": [1e-4], "tau_mode": ["learnable"]}}, "outside the clamp"),
+        ({"task": "quadrants", "name": "../../x"}, "name = '../../x': use letters"),
+        ({"task": "quadrants", "name": "/tmp/x"}, "name = '/tmp/x': use letters"),
+        ({"task": "quadrants", "name": "a/b"}, "name = 'a/b'"),
+        ({"task": "quadrants", "name": ".."}, "name = '..'"),
+        ({"task": "quadrants", "name": "a..b"}, "no '..'"),
     ],
 )
 def test_errors_name_the_key_and_value(raw, message):
@@ -78,3 +83,7 @@ def test_errors_name_the_key_and_value(raw, message):
         config.validate(raw, "exp.toml")
     text = str(info.value)
     assert text.startswith("exp.toml: ") and message in text and "\n" not in text
+
+
+def test_a_plain_name_names_the_results_folder():
+    assert config.validate({"task": "quadrants", "name": "my-study_2.1"}, "exp.toml").name == "my-study_2.1"

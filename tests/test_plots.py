@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from tau_lab import config, engine, figures, report, results, search
 from tau_lab.analysis import distill
 from tau_lab.cli import app
+from tau_lab.errors import UserError
 from tau_lab.figures import clip, curves, softmax, style, vs_tau
 from tau_lab.figures import distill as distill_figures
 from tau_lab.figures import search as search_figures
@@ -152,7 +153,7 @@ def test_bad_format_and_not_a_run_directory(tmp_path: Path) -> None:
         figures.plot_run([tmp_path], fmt="jpg")
     missing = tmp_path / "not-a-run"
     missing.mkdir()
-    with pytest.raises(FileNotFoundError, match="not-a-run is not a tau-lab run directory") as err:
+    with pytest.raises(UserError, match="not-a-run is not a tau-lab run directory") as err:
         figures.plot_run([missing])
     assert "\n" not in str(err.value)
     assert not (missing / "figures").exists()

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from tau_lab import config, engine, report, results
 from tau_lab.cli import app
+from tau_lab.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +100,7 @@ def test_findings_count_diverged_members() -> None:
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="is not a tau-lab run directory"):
+    with pytest.raises(UserError, match="is not a tau-lab run directory"):
         report.write_report(tmp_path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -354,3 +355,71 @@ def test_worker_seeds_differ_by_worker_and_by_how_far_the_study_got():
     seeds = {search.worker_seed(0, worker, n) for worker in range(3) for n in range(3)}
     assert len(seeds) == 9 and search.worker_seed(None, 1, 5) is None
     assert search.worker_seed(0, 0, 0) == search.worker_seed(0, 0, 0)
+
+
+def test_the_study_names_its_objective_and_trials_record_when_they_started(tmp_path):
+    spec = load(tmp_path, n_trials=2, batch_size=2)
+    before = time.time()
+    study = search.run(spec)
+    assert study.metric_names == ["cross_similarity"]  # what optuna-dashboard labels the objective with
+    assert all(isinstance(t.user_attrs["started"], float) and t.user_attrs["started"] >= before for t in study.trials)
+    table = pd.read_parquet(spec.directory / "trials.parquet")
+    assert table["user_attrs_started"].dtype == "float64"
+    assert table["value"].tolist() == [t.value for t in study.trials]  # the column keeps its name
+
+
+def search_process(root: Path, *options: str) -> subprocess.Popen:
+    """``tau-lab search`` with minutes of training per batch, in its own process group (a terminal's Ctrl-C)."""
+    command = worker_command(root, 8, "--set", "steps=100000", *options)
+    return subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def wait_for_running_trials(spec: search.Search, n: int) -> list[optuna.trial.FrozenTrial]:
+    deadline, running = time.monotonic() + 120, []
+    while time.monotonic() < deadline and len(running) < n:
+        if (spec.directory / "journal.log").exists():
+            running = [t for t in trials_of(spec) if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+        time.sleep(0.2)
+    assert len(running) >= n
+    return running
+
+
+def test_ctrl_c_with_two_workers_prints_the_resume_command_once_and_no_traceback(tmp_path):
+    spec = load(tmp_path)
+    process = search_process(tmp_path, "--workers", "2")
+    running = wait_for_running_trials(spec, 8)  # both workers are training a batch of 4
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    resume = [line for line in stderr.splitlines() if line.startswith("interrupted: resume with: ")]
+    assert len(resume) == 1
+    args = shlex.split(resume[0].removeprefix("interrupted: resume with: "))
+    assert args[:3] == ["tau-lab", "search", "quadrants_search"] and "--trials" in args and "8" in args
+    # every running trial was handed back: failed, and its parameters queued again; the table says so
+    trials = {t.number: t for t in trials_of(spec)}
+    table = pd.read_parquet(spec.directory / "trials.parquet").set_index("number")
+    assert table["state"].to_dict() == {number: t.state.name for number, t in trials.items()}
+    assert all(trials[t.number].state == TrialState.FAIL for t in running)
+    assert sorted(t.user_attrs["retry_of"] for t in trials.values() if t.state == TrialState.WAITING) == sorted(
+        t.number for t in running
+    )
+
+
+def test_killing_the_parent_stops_its_workers(tmp_path):
+    spec = load(tmp_path)
+    process = search_process(tmp_path, "--workers", "2")
+    running = wait_for_running_trials(spec, 8)
+    workers = {int(t.user_attrs["worker"].rpartition(":")[2]) for t in running}
+    assert len(workers) == 2 and process.pid not in workers
+    process.kill()  # SIGKILL: the parent cannot stop anyone
+    process.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.2)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists()]
+    for pid in alive:  # leave nothing behind, whatever the outcome
+        os.kill(pid, signal.SIGKILL)
+    assert alive == []
+    # and they handed their trials back on the way out
+    assert all(t.state == TrialState.FAIL for t in trials_of(spec) if t.number in {r.number for r in running})

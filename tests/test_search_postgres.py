@@ -7,6 +7,8 @@ the end. Without PostgreSQL's binaries it is skipped, except in CI (env CI set),
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import pwd
 import shutil
@@ -16,11 +18,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import optuna
 import pytest
 import sqlalchemy
 from test_search import assert_each_trial_evaluated_once, assert_no_worker_asks_while_the_lock_is_held, load, trials_of
+from typer.testing import CliRunner
 
-from tau_lab import search
+from tau_lab import cli, search
 
 
 def server_binaries() -> Path | None:
@@ -89,3 +93,56 @@ def test_two_workers_share_a_study_on_postgresql(tmp_path, postgres_url):
 
 def test_the_ask_lock_holds_off_a_worker_on_postgresql(tmp_path, postgres_url):
     assert_no_worker_asks_while_the_lock_is_held(load(tmp_path, storage=postgres_url, study_name="locked"), tmp_path)
+
+
+def _join_study(
+    spec: search.Search, barrier: multiprocessing.synchronize.Barrier, errors: multiprocessing.Queue
+) -> None:
+    """A worker's start: open the storage (the first one creates Optuna's tables) and join the study."""
+    try:
+        barrier.wait()
+        search.open_study(spec, search.open_storage(spec.storage))
+    except BaseException as err:
+        errors.put(f"{type(err).__name__}: {err}".splitlines()[0])
+        raise
+
+
+def test_two_workers_starting_together_on_a_fresh_database_both_start(tmp_path, postgres_url):
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    context = multiprocessing.get_context("fork")  # a copy of this process: no second import of torch
+    failures = []
+    for attempt in range(6):
+        database = f"fresh_{attempt}"
+        with admin.connect() as connection:
+            connection.execute(sqlalchemy.text(f"CREATE DATABASE {database}"))
+        url = sqlalchemy.engine.make_url(postgres_url).set(database=database).render_as_string(hide_password=False)
+        spec = load(tmp_path / database, storage=url)
+        barrier, errors = context.Barrier(2), context.Queue()
+        workers = [context.Process(target=_join_study, args=(spec, barrier, errors)) for _ in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=120)
+        failures += [errors.get() for worker in workers if worker.exitcode != 0]
+        assert [s.study_name for s in optuna.get_all_study_summaries(url)] == [spec.study_name]
+    admin.dispose()
+    assert failures == []
+
+
+def test_a_password_is_never_written_nor_printed(tmp_path, postgres_url):
+    password = "hunter2-s3cret"  # the server trusts loopback: any password logs in
+    url = postgres_url.replace("postgres@", f"postgres:{password}@")
+    options = ["--trials", "2", "--batch", "2", "--pruner", "none", "--study", "secret", "--results", str(tmp_path)]
+    options += [arg for item in ["steps=20", "eval_every=10", "log_every=10"] for arg in ("--set", item)]
+    runner = CliRunner()
+    by_option = runner.invoke(cli.app, ["search", "quadrants_search", *options, "--storage", url])
+    assert by_option.exit_code == 0, by_option.output
+    by_env = runner.invoke(cli.app, ["search", "quadrants_search", *options], env={"TAU_LAB_STORAGE": url})
+    assert by_env.exit_code == 0, by_env.output
+    assert "2 complete trials" in by_env.output  # the same study, found through the environment variable
+    for result in (by_option, by_env):
+        assert password not in result.output
+    files = [path for path in tmp_path.rglob("*") if path.is_file()]
+    assert any(path.name == "env.json" for path in files)
+    for path in files:
+        assert password.encode() not in path.read_bytes(), path

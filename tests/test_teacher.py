@@ -30,18 +30,28 @@ def test_env_var_names_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TAU_LAB_CACHE", str(tmp_path / "elsewhere"))
     assert cache_dir() == tmp_path / "elsewhere"
     monkeypatch.delenv("TAU_LAB_CACHE")
-    assert cache_dir().parts[-2:] == ("results", ".teachers")
+    # not under the working directory's results/: one cache per user, the XDG way
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "tau-lab"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "tau-lab"
 
 
-def test_second_load_reuses_the_file(cache):
+def test_second_load_reuses_the_file(cache, capsys):
     directory, calls = cache
     first = load_teacher(TINY, 0.25, 0)
     assert first.trained and len(calls) == 1
+    # training says so, once, and where the teacher goes
+    assert capsys.readouterr().err.splitlines() == [
+        f"training the distillation teacher ({TINY.steps} steps), once: it is cached in {first.path}"
+    ]
     assert first.path.parent == directory and first.path.is_file()
     mtime = first.path.stat().st_mtime_ns
 
     second = load_teacher(TINY, 0.25, 0)
     assert not second.trained and len(calls) == 1  # nothing trained
+    assert capsys.readouterr().err == ""
     assert second.path == first.path and second.path.stat().st_mtime_ns == mtime
     assert second.test_accuracy == first.test_accuracy
     for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):

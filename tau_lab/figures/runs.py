@@ -54,7 +54,7 @@ def _run_labels(dirs: list[Path]) -> list[str]:
 
 
 def load_runs(run_dirs: list[Path]) -> Runs:
-    """Read the tables of ``run_dirs``; ``FileNotFoundError`` (one line) for a non-run directory.
+    """Read the tables of ``run_dirs``; ``UserError`` (one line) for a non-run directory.
 
     ``members`` gains ``run`` (the run's label), ``series`` (what a line stands for) and ``_mode_rank``;
     ``metrics`` (long: member, step, metric, value) gains the member's run, τ, seed and series.

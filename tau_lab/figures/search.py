@@ -16,6 +16,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
+from tau_lab.errors import UserError
 from tau_lab.figures import FigureSpec, style
 from tau_lab.temperature import MODES
 
@@ -51,7 +52,7 @@ def load_search(directory: Path) -> SearchDir:
     directory = Path(directory)
     configs = sorted(directory.glob("*/config.toml"))
     if not configs:
-        raise FileNotFoundError(f"{directory}: no batch run directory with a config.toml: the objective is unknown")
+        raise UserError(f"{directory}: no batch run directory with a config.toml: the objective is unknown")
     settings = tomllib.loads(configs[0].read_text()).get("search", {})
     trials = pd.read_parquet(directory / "trials.parquet")
     return SearchDir(directory, trials, settings["objective"], settings["direction"], settings.get("space", {}))

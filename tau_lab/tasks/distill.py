@@ -252,4 +252,3 @@ def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Refere
         return alpha * soft + (1 - alpha) * hard
 
     return reference.train_reference(experiment, member, student, loss_fn)
-
