@@ -197,7 +197,7 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     append at every checkpoint and evaluation, ``metrics/chunk-{i}-{until:08d}.parquet``, read here in the
     finished table's row order (a part written after the last checkpoint of a killed run is included).
     """
-    from tau_lab.errors import UserError  # here, not at the top: this function is appended to the module
+    import pandas as pd
 
     path = run_dir / "metrics.parquet"
     if path.is_file():
