@@ -16,7 +16,7 @@ from tau_lab import checkpoint, config, engine, results
 from tau_lab.errors import UserError
 from tau_lab.tasks.quadrants import Quadrants
 
-QUICK = ["steps=40", "log_every=10", "eval_every=20", "checkpoint_every=10", "sweep.tau=[0.1, 0.5]"]
+QUICK = ["steps=40", "log_every=10", "eval_every=20", "checkpoint_every=10", "sweep.tau=[0.1, 0.5]", "sweep.seeds=[0]"]
 
 
 def _experiment(*overrides: str) -> config.Experiment:

@@ -95,7 +95,7 @@ def test_debug_shows_the_traceback():
 def test_sweep_runs_and_resume_of_a_finished_run_changes_nothing(tmp_path):
     result = run("sweep", "quadrants", "--steps", "30", "--set", "log_every=10", "--results", str(tmp_path))
     assert result.exit_code == 0, result.output
-    assert "10 members, 0 diverged" in result.stdout
+    assert "50 members, 0 diverged" in result.stdout  # 5 τ × fixed/learnable × 5 seeds
     run_dir = next((tmp_path / "quadrants").iterdir())
     before = pd.read_parquet(run_dir / "metrics.parquet")
     again = run("sweep", "quadrants", "--resume", str(run_dir), "--quiet")

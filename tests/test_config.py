@@ -14,7 +14,7 @@ def test_quadrants_is_the_blog_posts_study():
     assert path.name == "quadrants.toml"
     assert exp.steps == 10_000 and exp.optimizer.name == "sgd" and exp.optimizer.lr == 3e-4
     assert exp.sweep.tau == [0.99, 0.5, 0.05, 0.01, 0.001]
-    assert len(config.members(exp)) == 10
+    assert len(config.members(exp)) == 50  # 5 τ × fixed/learnable × 5 seeds
 
 
 def test_overrides_reach_nested_tables_and_parse_toml_values():

@@ -126,7 +126,9 @@ def test_learnable_tau_stays_in_clamp_and_fixed_tau_never_moves():
 
 def test_diverging_member_is_recorded_and_the_sweep_goes_on(tmp_path):
     # τ = 1e-30 is a legal temperature whose logits overflow float32 at once.
-    exp, _ = config.load_experiment("quadrants", ["steps=50", "sweep.tau=[0.05, 1e-30]", "sweep.tau_mode=['fixed']"])
+    exp, _ = config.load_experiment(
+        "quadrants", ["steps=50", "sweep.tau=[0.05, 1e-30]", "sweep.tau_mode=['fixed']", "sweep.seeds=[0]"]
+    )
     run_dir, out = engine.run_sweep(exp, "quadrants", root=tmp_path)
     members = out["members"].set_index("tau_init")
     assert members.loc[1e-30, "status"] == "diverged"
@@ -180,7 +182,7 @@ def test_population_larger_than_budget_runs_in_chunks_with_the_same_results(tmp_
 
 
 def test_run_directory_contract(tmp_path):
-    exp, _ = config.load_experiment("quadrants", ["steps=30", "log_every=10", "eval_every=15"])
+    exp, _ = config.load_experiment("quadrants", ["steps=30", "log_every=10", "eval_every=15", "sweep.seeds=[0]"])
     run_dir, _ = engine.run_sweep(exp, "quadrants", root=tmp_path)
     for name in ("config.toml", "env.json", "members.parquet", "members.csv", "metrics.parquet", "embeddings.parquet"):
         assert (run_dir / name).is_file(), name

@@ -48,4 +48,4 @@ def test_a_wheel_installed_elsewhere_finds_and_runs_the_studies(tmp_path):
     swept = tau_lab("sweep", "quadrants", "--steps", "5", "--results", "R", "--quiet")
     assert swept.returncode == 0, swept.stderr
     (members,) = (elsewhere / "R" / "quadrants").glob("*/members.parquet")
-    assert len(pd.read_parquet(members)) == 10 and "10 members, 0 diverged" in swept.stdout
+    assert len(pd.read_parquet(members)) == 50 and "50 members, 0 diverged" in swept.stdout
