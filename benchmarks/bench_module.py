@@ -1,15 +1,15 @@
-"""The generic module task (``torch.func``: ``vmap`` of ``functional_call`` over stacked weights) against
-the hand-batched pairs task and against a per-member loop, on the CPU, in one process.
+"""The generic module task (``torch.func``: ``vmap`` of ``functional_call`` over stacked weights) against a
+per-member loop of the same ``nn.Module``, on the CPU, in one process.
 
-1. **pairs heads** (Linear 64→128→32 and 32→128→32, clip loss, batch 256, K members): the hand-written
-   batched step of ``task = "pairs"`` (``baddbmm`` per layer) against the same ``Heads`` module run by
-   ``task = "module"``. This decides whether the hand-batched step earns its code.
-2. **small CNN** (``examples/digits_cnn.py``, batch 64 of 16×16 pairs, K members): the module population
-   against the same ``nn.Module`` stepped once per member (the loop a researcher writes without tau-lab).
+1. **pairs heads** (``task = "pairs"``: Linear 64→128→32 and 32→128→32, clip loss, batch 256, K members).
+   Until this benchmark the pairs task had a hand-batched step (``baddbmm`` per layer); measured against the
+   vmapped module it was 1.03–1.05× (K = 8, 39; docs/benchmarks.md), so the task now runs on the module task.
+2. **small CNN** (``examples/digits_cnn.py``, batch 64 of 16×16 pairs, K members).
 
-Each figure is the forward + backward of ``task.step`` (the part that differs; the optimizer is the same
-code either way), timed over ``--steps`` steps after a warm-up, best of ``--repeats`` interleaved rounds,
-printed as member-steps per second and as a ratio against the baseline measured in the same run.
+The baseline is each member's module stepped alone, one after another (the loop a researcher writes without
+tau-lab). Each figure is the forward + backward of a step (the optimizer is the same code either way), timed
+over ``--steps`` steps after a warm-up, best of ``--repeats`` interleaved rounds, printed as member-steps per
+second and as a ratio against the baseline measured in the same run.
 
 Usage: ``python benchmarks/bench_module.py [--quick] [--threads N] [--repeats R]``.
 """
@@ -29,27 +29,10 @@ from common import best_of
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # examples/ as a package-free import
 
-from tau_lab import config
-from tau_lab.tasks.module import ModuleTask, build_module
-from tau_lab.tasks.pairs import Heads, PairsTask
+from tau_lab import config, losses
+from tau_lab.tasks import TASKS
 
 CPU = torch.device("cpu")
-PAIRS = {"a": None, "b": None}  # the arrays of the pairs workload, shared by both tasks
-
-
-class TwoHeads(Heads):
-    """The pairs task's ``Heads`` as a module with ``forward(a, b)``."""
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.a(a), self.b(b)
-
-
-def heads() -> torch.nn.Module:
-    return TwoHeads(64, 32, 128, 32)
-
-
-def pairs_data() -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.from_numpy(PAIRS["a"]), torch.from_numpy(PAIRS["b"])
 
 
 def stepper(task: object, steps: int) -> Callable[[], None]:
@@ -63,53 +46,12 @@ def stepper(task: object, steps: int) -> Callable[[], None]:
     return run
 
 
-def pairs_case(members: int, steps: int, repeats: int, tmp: Path) -> dict[str, float]:
-    rng = np.random.default_rng(0)
-    PAIRS["a"] = rng.standard_normal((2000, 64)).astype(np.float32)
-    PAIRS["b"] = rng.standard_normal((2000, 32)).astype(np.float32)
-    np.savez(tmp / "pairs.npz", a=PAIRS["a"], b=PAIRS["b"])
-    grid = {"tau": [0.1], "tau_mode": ["fixed"], "seeds": list(range(members))}
-    common = {"steps": steps, "sweep": grid}
-    hand = config.validate(
-        {
-            "task": "pairs",
-            **common,
-            "data": {"path": str(tmp / "pairs.npz"), "batch_size": 256, "standardize": False},
-            "model": {"loss": "clip", "hidden": 128, "dim": 32},
-        },
-        "pairs",
-    )
-    generic = config.validate(
-        {
-            "task": "module",
-            **common,
-            "data": {"factory": "__main__:pairs_data", "batch_size": 256},
-            "model": {"factory": "__main__:heads", "loss": "clip"},
-        },
-        "module",
-    )
-    rows = config.members(hand)
-    hand_task, module_task = PairsTask(hand, rows, CPU), ModuleTask(generic, rows, CPU)
-    runs = {"hand-batched pairs step": stepper(hand_task, steps), "module task (vmap)": stepper(module_task, steps)}
-    for run in runs.values():
-        run()  # warm-up
-    return {name: members * steps / s for name, s in best_of(runs, repeats).items()}
-
-
-def cnn_case(members: int, steps: int, repeats: int) -> dict[str, float]:
-    raw = {
-        "task": "module",
-        "steps": steps,
-        "data": {"factory": "examples.digits_cnn:data", "kwargs": {"pairs": 600, "size": 16}, "batch_size": 64},
-        "model": {"factory": "examples.digits_cnn:model", "kwargs": {"dim": 32}, "loss": "clip"},
-        "sweep": {"tau": [0.1], "tau_mode": ["fixed"], "seeds": list(range(members))},
-    }
-    experiment = config.validate(raw, "digits_cnn")
+def against_loop(experiment: config.Experiment, steps: int, repeats: int) -> dict[str, float]:
+    """Member-steps per second of a per-member loop and of the vmapped population, on the same batches."""
     rows = config.members(experiment)
-    task = ModuleTask(experiment, rows, CPU)
-    nets = [build_module(experiment.model, r["seed"]) for r in rows]
+    task = TASKS[experiment.task](experiment, rows, CPU)
+    nets = [task.reference_module(r["seed"]) for r in rows]
     batches = [task.batch(s) for s in range(steps)]
-    from tau_lab import losses
 
     def loop() -> None:
         for a, b in batches:
@@ -119,8 +61,33 @@ def cnn_case(members: int, steps: int, repeats: int) -> dict[str, float]:
 
     runs = {"per-member loop": loop, "module task (vmap)": stepper(task, steps)}
     for run in runs.values():
-        run()
-    return {name: members * steps / s for name, s in best_of(runs, repeats).items()}
+        run()  # warm-up
+    return {name: len(rows) * steps / s for name, s in best_of(runs, repeats).items()}
+
+
+def pairs(members: int, steps: int, tmp: Path) -> config.Experiment:
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2000, 64)).astype(np.float32), rng.standard_normal((2000, 32)).astype(np.float32)
+    np.savez(tmp / "pairs.npz", a=a, b=b)
+    raw = {
+        "task": "pairs",
+        "steps": steps,
+        "data": {"path": str(tmp / "pairs.npz"), "batch_size": 256, "standardize": False},
+        "model": {"loss": "clip", "hidden": 128, "dim": 32},
+        "sweep": {"tau": [0.1], "tau_mode": ["fixed"], "seeds": list(range(members))},
+    }
+    return config.validate(raw, "pairs")
+
+
+def cnn(members: int, steps: int) -> config.Experiment:
+    raw = {
+        "task": "module",
+        "steps": steps,
+        "data": {"factory": "examples.digits_cnn:data", "kwargs": {"pairs": 600, "size": 16}, "batch_size": 64},
+        "model": {"factory": "examples.digits_cnn:model", "kwargs": {"dim": 32}, "loss": "clip"},
+        "sweep": {"tau": [0.1], "tau_mode": ["fixed"], "seeds": list(range(members))},
+    }
+    return config.validate(raw, "digits_cnn")
 
 
 def report(title: str, rates: dict[str, float]) -> None:
@@ -141,9 +108,9 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} thread(s)")
     with tempfile.TemporaryDirectory() as tmp:
         for k in (8, 39):
-            report(f"pairs heads, K = {k}, batch 256", pairs_case(k, steps, repeats, Path(tmp)))
+            report(f"pairs heads, K = {k}, batch 256", against_loop(pairs(k, steps, Path(tmp)), steps, repeats))
     for k in (3, 9):
-        report(f"small CNN (examples/digits_cnn.py), K = {k}, batch 64", cnn_case(k, max(2, steps // 2), repeats))
+        report(f"small CNN (examples/digits_cnn.py), K = {k}, batch 64", against_loop(cnn(k, steps), steps, repeats))
 
 
 if __name__ == "__main__":

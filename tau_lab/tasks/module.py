@@ -149,17 +149,24 @@ class ModuleTask(contrastive.ContrastiveTask):
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
         super().__init__(experiment, members, device)
-        self.loss = experiment.model.loss
-        a, b, labels = load_data(self.data)
+        self.populate(experiment.model.loss, *load_data(self.data), lambda seed: build_module(experiment.model, seed))
+
+    def populate(
+        self, loss: str, a: Tensor, b: Tensor, labels: Tensor | None, build: Callable[[int], nn.Module]
+    ) -> None:
+        """Split the pairs ``a [n, ...]``, ``b [n, ...]`` (``data.test_fraction``, stratified by ``labels``),
+        and stack the weights of ``build(seed)`` for every member: ``params {name: [K, ...]}``."""
+        device, dtype = self.device, torch.get_default_dtype()
+        self.loss = loss
         test = split(len(a), labels, self.data.test_fraction, self.data.split_seed)
-        dtype = torch.get_default_dtype()
         a, b = (x.to(device, dtype) if x.is_floating_point() else x.to(device) for x in (a, b))
         test = test.to(device)
         self.train_a, self.train_b, self.test_a, self.test_b = a[~test], b[~test], a[test], b[test]
         self.test_labels = None if labels is None else labels.to(device)[test]
         self.n_train = len(self.train_a)
         self.batch_size = contrastive.clamp_batch_size(self.data.batch_size, self.n_train, "training pairs")
-        modules = [build_module(experiment.model, s).to(device, dtype) for s in self.seeds]
+        self.reference_module = build  # one member's module, for standalone loops
+        modules = [build(s).to(device, dtype) for s in self.seeds]
         stacked = stack_modules(modules, {name: name for name, _ in modules[0].named_parameters()})
         self.params = {name: p[self.seed_row].contiguous() for name, p in stacked.items()}
         self.module = copy.deepcopy(modules[0]).to("meta")  # the definition; weights come from params
@@ -216,11 +223,11 @@ class ModuleTask(contrastive.ContrastiveTask):
         return contrastive.member_bytes(module, 64 * experiment.data.batch_size * per_pair)
 
 
-def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
-    """One member trained alone: the factory's module and ``torch.optim`` on the member's batches, the loss
+def paired_reference(
+    task: ModuleTask, experiment: Any, member: dict[str, Any], model: nn.Module
+) -> reference.Reference:
+    """One member trained alone: ``model`` and ``torch.optim`` on the member's batches of ``task``, the loss
     written as a training script writes it (``F.cross_entropy`` of ``s/τ``), not with ``tau_lab.losses``."""
-    task = ModuleTask(experiment, [member], torch.device("cpu"))
-    model = build_module(experiment.model, member["seed"])
     n = task.batch_size
     target, self_pairs, twins = torch.arange(n), torch.eye(2 * n, dtype=torch.bool), torch.arange(2 * n).roll(n)
 
@@ -236,3 +243,9 @@ def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Refere
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
     return reference.train_reference(experiment, member, model, loss_fn)
+
+
+def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
+    """One member of ``task = "module"`` trained alone (``paired_reference``)."""
+    task = ModuleTask(experiment, [member], torch.device("cpu"))
+    return paired_reference(task, experiment, member, build_module(experiment.model, member["seed"]))

@@ -7,6 +7,10 @@ A researcher exports paired features of their own model (``a [n, d_a]``, ``b [n,
     L = clip_loss(u, v; τ)            (model.loss = "clip", symmetric)
       or InfoNCE(u → v; τ)            (model.loss = "info_nce", a→b only: row i of v is u_i's positive)
 
+The heads are an ``nn.Module`` run by the generic module task (``tau_lab.tasks.module``: one ``vmap`` of
+``functional_call`` over the stacked members): a hand-batched step measured no faster (0.95–0.97×,
+``benchmarks/bench_module.py``, docs/benchmarks.md), so this task is only its data and its model.
+
 Inputs are standardised with the train split's mean and standard deviation (``data.standardize``).
 Evaluation on the held-out pairs: ``recall_a2b`` / ``recall_b2a`` (the partner is the top-1 among all test
 pairs), ``alignment`` of the pairs, ``uniformity`` of ``u``, and ``tolerance`` of ``u`` when there are labels.
@@ -19,15 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator, model_validator
 from torch import Tensor, nn
 
-from tau_lab import losses, metrics
 from tau_lab.data.pairs import Pairs, load_pairs, split
 from tau_lab.tasks import contrastive, reference
-from tau_lab.tasks.base import Schema, StepResult, autograd_step
-from tau_lab.tasks.mlp import init_population, mlp, mlp_module, seeded
+from tau_lab.tasks.base import Schema
+from tau_lab.tasks.mlp import mlp_module, seeded
+from tau_lab.tasks.module import ModuleTask, paired_reference
 
 
 @functools.lru_cache(maxsize=2)
@@ -77,7 +80,7 @@ class Model(Schema):
 
 
 class Heads(nn.Module):
-    """One member as a module: a head per side, ``a`` and ``b``."""
+    """One member as a module: a head per side, ``forward(a, b) -> (head_a(a), head_b(b))``."""
 
     def __init__(self, d_a: int, d_b: int, hidden: int, dim: int) -> None:
         super().__init__()
@@ -85,67 +88,29 @@ class Heads(nn.Module):
         self.a = mlp_module([d_a, *middle, dim])
         self.b = mlp_module([d_b, *middle, dim])
 
+    def forward(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        return self.a(a), self.b(b)
+
 
 def _standardize(x: Tensor, train: Tensor) -> Tensor:
     return (x - x[train].mean(0)) / x[train].std(0).clamp_min(1e-6)  # a constant column stays 0, not NaN
 
 
-class PairsTask(contrastive.ContrastiveTask):
+class PairsTask(ModuleTask):
     """The population: ``Heads`` parameters stacked over members, ``{name: [K, ...]}``."""
 
     Data, Model, Sweep = Data, Model, contrastive.Sweep
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
-        super().__init__(experiment, members, device)
+        contrastive.ContrastiveTask.__init__(self, experiment, members, device)
         model = experiment.model
-        self.loss, self.layers, self.widths = model.loss, 2 if model.hidden else 1, (model.hidden, model.dim)
         pairs = read(self.data.path)
-        test = split(len(pairs.a), pairs.labels, self.data.test_fraction, self.data.split_seed)
         a, b = pairs.a, pairs.b
         if self.data.standardize:
-            a, b = _standardize(a, ~test), _standardize(b, ~test)
-        dtype = torch.get_default_dtype()
-        a, b, test = a.to(device, dtype), b.to(device, dtype), test.to(device)
-        self.train_a, self.train_b, self.test_a, self.test_b = a[~test], b[~test], a[test], b[test]
-        self.test_labels = None if pairs.labels is None else pairs.labels.to(device)[test]
-        self.n_train, self.batch_size = len(self.train_a), self.data.batch_size
-        self.params = init_population(self.seeds, lambda: Heads(a.shape[1], b.shape[1], *self.widths), self.seed_row)
-        self.columns = losses.positive_first(self.batch_size, views=False, device=device)
-
-    def batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """Every member's training pairs, ``a [K, B, d_a]`` and ``b [K, B, d_b]``: drawn once per seed."""
-        idx = self.indices(step)
-        return self.train_a[idx], self.train_b[idx]
-
-    def _encode(self, params: dict[str, Tensor], a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        return mlp(a, params, "a", self.layers), mlp(b, params, "b", self.layers)
-
-    def step(self, params: dict[str, Tensor], tau: Tensor, batch: tuple[Tensor, Tensor]) -> StepResult:
-        """The loss and its gradients by autograd; the a→b similarities with each partner first, ``[K, B, B]``."""
-
-        def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
-            u, v = self._encode(p, *batch)
-            sims = self.similarities(u, v)
-            if self.loss == "clip":
-                return losses.clip_loss(u, v, t), sims
-            return losses.info_nce(u, v, t, target=torch.arange(u.shape[1], device=u.device)), sims
-
-        return autograd_step(loss_fn, params, tau)
-
-    def _test(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        return self._encode(params, self.members(self.test_a), self.members(self.test_b))
-
-    def embed(self, params: dict[str, Tensor]) -> Tensor:
-        """The test pairs' ``a`` embeddings, ``[K, N_test, D]``."""
-        return self._test(params)[0]
-
-    def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Recall@1 both ways, alignment, uniformity (and tolerance with labels) on the test pairs; each ``[K]``."""
-        u, v = self._test(params)
-        out = contrastive.geometry(u, self.test_labels, (u, v))
-        out["recall_a2b"] = metrics.recall_at_1(u, v)
-        out["recall_b2a"] = metrics.recall_at_1(v, u)
-        return out
+            train = ~split(len(a), pairs.labels, self.data.test_fraction, self.data.split_seed)
+            a, b = _standardize(a, train), _standardize(b, train)
+        self.heads = (a.shape[1], b.shape[1], model.hidden, model.dim)
+        self.populate(model.loss, a, b, pairs.labels, lambda seed: seeded(seed, lambda: Heads(*self.heads)))
 
     @staticmethod
     def member_bytes(experiment: Any) -> int:
@@ -159,18 +124,6 @@ class PairsTask(contrastive.ContrastiveTask):
 
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
-    """One member trained alone: ``Heads`` and ``torch.optim`` on the member's own pairs, the loss as the
-    papers write it (``logits = û v̂ᵀ / τ``; CLIP: the mean of the row and column cross-entropies, InfoNCE:
-    the rows only)."""
+    """One member trained alone: ``Heads`` and ``torch.optim`` on the member's own pairs (``paired_reference``)."""
     task = PairsTask(experiment, [member], torch.device("cpu"))
-    model = seeded(member["seed"], lambda: Heads(task.train_a.shape[1], task.train_b.shape[1], *task.widths))
-    labels = torch.arange(task.batch_size)
-
-    def loss_fn(net: nn.Module, tau: Tensor, step: int) -> Tensor:
-        a, b = task.batch(step)
-        logits = F.normalize(net.a(a[0]), dim=-1) @ F.normalize(net.b(b[0]), dim=-1).T / tau
-        if task.loss == "info_nce":
-            return F.cross_entropy(logits, labels)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-    return reference.train_reference(experiment, member, model, loss_fn)
+    return paired_reference(task, experiment, member, seeded(member["seed"], lambda: Heads(*task.heads)))
