@@ -454,13 +454,13 @@ def run_sweep(
     device = resolve_device(experiment.device)
     rows = config.members(experiment) if rows is None else rows
     if run_dir is None:
-        run_dir = results.new_run_dir(name, root)
-        results.write_text(run_dir / "config.toml", config.dumps(experiment))
-        results.write_json(run_dir / "env.json", results.environment(device))
+        run_dir = results.new_run_dir(name, root, results.run_files(config.dumps(experiment), device))
     else:
         path = run_dir / "config.toml"
         recorded = config.validate(tomllib.loads(path.read_text()), str(path))
         check_same_config(path, fingerprint(recorded), fingerprint(experiment))
+    if not (run_dir / "members.parquet").is_file():  # the grid while it trains: plot and report read it
+        results.write_table(pd.DataFrame(rows).assign(status="running"), run_dir / "members")
     outputs = []
     populations = chunks(experiment, rows)
     for i, chunk in enumerate(populations):

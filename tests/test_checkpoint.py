@@ -178,3 +178,23 @@ def test_ctrl_c_checkpoints_the_step_it_stopped_at_and_the_run_resumes_exactly(t
     _, resumed = engine.run_sweep(experiment, "quadrants", run_dir=run_dir)
     for name in ("members", "metrics", "embeddings"):
         pd.testing.assert_frame_equal(resumed[name], full[name])
+
+
+def test_plot_draws_the_training_curves_of_a_run_still_training(tmp_path, monkeypatch):
+    from tau_lab import figures
+
+    real_batch = Quadrants.batch
+
+    def batch_then_ctrl_c(task, step):
+        if step == 25:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_batch(task, step)
+
+    monkeypatch.setattr(Quadrants, "batch", batch_then_ctrl_c)
+    with pytest.raises(engine.Interrupted) as err:
+        engine.run_sweep(_experiment("checkpoint_every=0"), "quadrants", root=tmp_path)
+    run_dir = err.value.run_dir
+    assert not (run_dir / "metrics.parquet").exists()
+    assert set(pd.read_parquet(run_dir / "members.parquet").status) == {"running"}
+    paths = figures.plot_run([run_dir])
+    assert "training_curves.png" in [p.name for p in paths]

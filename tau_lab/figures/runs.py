@@ -65,8 +65,8 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     for run_dir, label in zip(run_dirs, _run_labels(run_dirs), strict=True):
         m = results.read_table(run_dir, "members").assign(run=label)
         members.append(m)
-        if (run_dir / "metrics.parquet").is_file():
-            metrics.append(results.read_table(run_dir, "metrics").assign(run=label))
+        if (run_dir / "metrics.parquet").is_file() or (run_dir / "metrics").is_dir():
+            metrics.append(results.read_metrics(run_dir).assign(run=label))  # a running run's parts too
         if (run_dir / "embeddings.parquet").is_file():
             embeddings[label] = results.read_table(run_dir, "embeddings")
         if (run_dir / "config.toml").is_file():
