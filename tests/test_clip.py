@@ -31,7 +31,8 @@ def test_study_runs_end_to_end(tmp_path):
     assert len(members) == 6 * 2 * 2  # τ × mode × caption noise
     assert (members.status == "ok").all()
     columns = ["recall_i2t", "recall_t2i", "zero_shot_single", "zero_shot_ensemble", "false_negative_rate"]
-    for column in [*columns, "alignment", "uniformity", "tolerance", "tau", "logit_scale"]:
+    geometry = ["alignment.z", "uniformity.z", "tolerance.z", "uniformity.h", "tolerance.h"]
+    for column in [*columns, *geometry, "false_negative_mass", "tau", "logit_scale"]:
         assert members[column].notna().all(), column
     for column in columns[:4]:
         assert members[column].between(0, 1).all()

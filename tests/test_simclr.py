@@ -35,7 +35,8 @@ def test_study_runs_end_to_end(tmp_path):
     members = out["members"]
     assert len(members) == 2 * (6 + 6 + 1)  # τ × {fixed, learnable} and one cosine member, per seed
     assert (members.status == "ok").all()
-    for column in ("loss", "alignment", "uniformity", "tolerance", "knn_accuracy", "probe_accuracy"):
+    geometry = [f"{m}.{space}" for m in ("alignment", "uniformity", "tolerance") for space in "zh"]
+    for column in ("loss", *geometry, "knn_accuracy", "probe_accuracy", "false_negative_mass"):
         assert members[column].notna().all(), column
     assert members.knn_accuracy.between(0.5, 1).all()  # well above chance (0.1) even untrained
     assert members.probe_accuracy.between(0.5, 1).all()
