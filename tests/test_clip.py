@@ -196,7 +196,7 @@ def _dropped_columns_loss(u: torch.Tensor, v: torch.Tensor, tau: torch.Tensor, e
 
 def test_clip_loss_excluding_drops_the_excluded_pairs_with_a_finite_tau_gradient():
     g = torch.Generator().manual_seed(0)
-    u, v = torch.randn(2, 5, 4, generator=g, dtype=torch.float64), torch.randn(2, 5, 4, generator=g, dtype=torch.float64)
+    u, v = torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64)
     exclude = torch.zeros(2, 5, 5, dtype=torch.bool)
     exclude[1, 0, 3] = exclude[1, 3, 0] = exclude[1, 2, 4] = exclude[1, 4, 1] = True
     tau = torch.tensor([0.07, 0.07], dtype=torch.float64, requires_grad=True)
@@ -213,9 +213,8 @@ def test_clip_loss_excluding_drops_the_excluded_pairs_with_a_finite_tau_gradient
 
 
 def test_masking_members_leave_out_same_digit_pairs_and_the_others_train_on_the_clip_loss():
-    exp = _load(
-        "sweep.tau=[0.07]", "sweep.tau_mode=['fixed']", "sweep.caption_noise=[0.0]", "sweep.mask_false_negatives=[false, true]"
-    )
+    grid = ["sweep.tau=[0.07]", "sweep.tau_mode=['fixed']", "sweep.caption_noise=[0.0]"]
+    exp = _load(*grid, "sweep.mask_false_negatives=[false, true]")
     rows = config.members(exp)
     assert [r["mask_false_negatives"] for r in rows] == [False, True]
     task = CLIP(exp, rows, CPU)

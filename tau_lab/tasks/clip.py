@@ -60,7 +60,7 @@ class Sweep(contrastive.Sweep):
         [0.0], min_length=1, description="fractions of wrong captions"
     )
     mask_false_negatives: list[bool] = Field(
-        [False], min_length=1, description="leave same-digit captions (images) out of each image's (caption's) negatives"
+        [False], min_length=1, description="drop same-digit captions (images) from each image's (caption's) negatives"
     )
 
 
