@@ -28,9 +28,11 @@ from tau_lab.analysis import over_seeds, summary_tables
 SUMMARY_METRICS = {  # column: heading in the members table
     "tau": "final τ",
     "loss": "loss",
-    "alignment": "alignment",
-    "uniformity": "uniformity",
-    "tolerance": "tolerance",
+    **{  # plain, or in both spaces where there is a projection head: z (the loss's) and h (the probes')
+        f"{metric}{space}": f"{metric}{space}"
+        for metric in ("alignment", "uniformity", "tolerance")
+        for space in ("", ".z", ".h")
+    },
     "cross_similarity": "cross-class sim.",
     "effective_negatives": "eff. negatives",
     "grad_norm": "grad norm",

@@ -161,6 +161,19 @@ def test_every_task_gets_a_finding_on_its_headline_metric() -> None:
         assert any(s.startswith(f"Highest (best) {words}") or s.startswith(f"Lowest (best) {words}") for s in found)
 
 
+def test_geometry_findings_name_the_space_they_were_measured_in() -> None:
+    # simclr and clip measure on the projection z and the encoder output h: a finding for each, never mixed
+    members = table({0.1: [-3.0, -3.1, -3.05], 0.5: [-2.0, -2.1, -2.05]}, metric="uniformity.z")
+    members["uniformity.h"] = -members["uniformity.z"] - 4  # the other way round on h: best at τ = 0.5
+    members["tolerance.h"] = [0.4, 0.41, 0.42, 0.7, 0.71, 0.72]
+    found = findings(members)
+    assert any(s.startswith("Lowest (best) uniformity of the projection z -3.050 ± 0.050 at τ = 0.1") for s in found)
+    on_h = "Lowest (best) uniformity of the encoder output h -1.950 ± 0.050 at τ = 0.5"
+    assert any(s.startswith(on_h) for s in found)
+    assert any(s.startswith("Same-class similarity of the encoder output h (tolerance)") for s in found)
+    assert not any(s.startswith("Lowest (best) uniformity -") for s in found)
+
+
 def test_findings_per_level_of_the_tasks_own_axes() -> None:
     members = table({0.1: [0.8, 0.82, 0.81], 0.5: [0.6, 0.61, 0.62]}, metric="zero_shot_ensemble")
     members = pd.concat([members.assign(caption_noise=n) for n in (0.0, 0.3)], ignore_index=True)

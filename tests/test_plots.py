@@ -315,6 +315,22 @@ def test_clip_figures_from_a_real_run(tmp_path: Path) -> None:
     ax = scale.axes[0]
     assert any(np.allclose(line.get_ydata(), np.log(100)) for line in ax.lines)
     assert any("ln 100" in t.get_text() for t in ax.texts)
+    # the geometry in both spaces: the joint space z, and the image tower's h (no alignment: no shared space)
+    planes, final = drawn(vs_tau.planes, runs), drawn(vs_tau.final_metrics, runs)
+    assert [ax.get_title() for ax in planes.axes if ax.get_visible() and ax.get_title()] == [
+        "alignment–uniformity (Wang & Isola) of z",
+        "uniformity–tolerance (Wang & Liu) of z",
+        "uniformity–tolerance (Wang & Liu) of h",
+    ]
+    assert [ax.get_ylabel() for ax in final.axes if ax.get_visible() and ax.get_ylabel()] == [
+        "uniformity of z",
+        "uniformity of h",
+        "tolerance of z",
+        "tolerance of h",
+        "alignment of z",
+    ]
+    for kind in ("planes", "final_metrics"):
+        check_png(written[kind], planes if kind == "planes" else final)
 
 
 def test_clip_figures_are_skipped_without_their_metrics(tmp_path: Path) -> None:

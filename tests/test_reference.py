@@ -40,6 +40,13 @@ TASKS = {
     "quadrants": ("quadrants", [], quadrants.train_reference, {"0.weight": "w1", "1.weight": "w2"}),
     "simclr": ("digits_simclr", [*DIGITS, "model.features=8", "data.probe_steps=2"], simclr.train_reference, {}),
     "clip": ("digits_clip", [*DIGITS, "model.width=8", "sweep.caption_noise=[0.2]"], clip.train_reference, {}),
+    # same-digit pairs left out of the loss: the −∞ logits after the division by τ, in both
+    "clip_masked": (
+        "digits_clip",
+        [*DIGITS, "model.width=8", "sweep.caption_noise=[0.2]", "sweep.mask_false_negatives=[true]"],
+        clip.train_reference,
+        {},
+    ),
     "pairs_clip": (None, ["model.loss='clip'", "model.hidden=6"], pairs.train_reference, {}),
     "pairs_info_nce": (None, ["model.loss='info_nce'"], pairs.train_reference, {}),
     # any nn.Module through torch.func: the towers of tests/test_module_task.py, NT-Xent over both sides

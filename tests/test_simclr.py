@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import assert_population_matches_reference, default_float64
 from sklearn.neighbors import KNeighborsClassifier
 
 from tau_lab import config, engine, losses, metrics
-from tau_lab.tasks.simclr import SimCLR, project, represent, train_reference
+from tau_lab.tasks.simclr import PIXELS, Network, SimCLR, project, represent, train_reference
 
 CPU = torch.device("cpu")
 SMALL = [
@@ -35,7 +36,8 @@ def test_study_runs_end_to_end(tmp_path):
     members = out["members"]
     assert len(members) == 2 * (6 + 6 + 1)  # τ × {fixed, learnable} and one cosine member, per seed
     assert (members.status == "ok").all()
-    for column in ("loss", "alignment", "uniformity", "tolerance", "knn_accuracy", "probe_accuracy"):
+    geometry = [f"{m}.{space}" for m in ("alignment", "uniformity", "tolerance") for space in "zh"]
+    for column in ("loss", *geometry, "knn_accuracy", "probe_accuracy", "false_negative_mass"):
         assert members[column].notna().all(), column
     assert members.knn_accuracy.between(0.5, 1).all()  # well above chance (0.1) even untrained
     assert members.probe_accuracy.between(0.5, 1).all()
@@ -136,3 +138,50 @@ def test_linear_probe_separates_separable_classes_and_members_are_independent():
     assert both[1] < 0.7
     alone = metrics.linear_probe(noise, y, noise_test, y_test)
     torch.testing.assert_close(both[1], alone)
+
+
+def _member_network(task: SimCLR, exp: config.Experiment, k: int) -> Network:
+    """Member ``k`` of the population as its own ``nn.Module``: an independent forward pass."""
+    net = Network(**exp.model.model_dump())
+    net.load_state_dict({name: p[k] for name, p in task.params.items()})
+    return net
+
+
+def test_geometry_is_measured_on_the_projection_z_and_on_the_encoder_output_h():
+    with default_float64():
+        exp = _load("sweep.tau=[0.1, 1.0]", "sweep.tau_mode=['fixed']", "sweep.seeds=[0, 1]")
+        task = SimCLR(exp, config.members(exp), CPU)
+        out = task.evaluate(task.params)
+        y = task.test_y
+        for k in (0, 2):  # seed 0 and seed 1
+            net = _member_network(task, exp, k)
+            h, (h1, h2) = (F.relu(net.encoder(x)) for x in (task.test_x, task.test_views))
+            spaces = {"h": (h, h1, h2), "z": (net.head(h), net.head(h1), net.head(h2))}
+            for space, (test, one, two) in spaces.items():
+                expected = {
+                    f"uniformity.{space}": metrics.uniformity(test),
+                    f"tolerance.{space}": metrics.tolerance(test, y),
+                    f"alignment.{space}": metrics.alignment(one, two),
+                }
+                for name, value in expected.items():
+                    assert out[name][k].item() == pytest.approx(value.item(), rel=1e-12), name
+        assert not torch.allclose(out["uniformity.h"], out["uniformity.z"])  # two spaces, two answers
+        assert not {"uniformity", "tolerance", "alignment"} & set(out)  # no ambiguous plain names
+
+
+def test_false_negative_mass_is_the_softmax_weight_on_same_digit_views():
+    # a tiny batch by hand: 2B = 8 views, each row's softmax over its twin and the 6 other views
+    exp = _load("data.batch_size=4", "sweep.tau=[0.1, 1.0]", "sweep.tau_mode=['fixed']")
+    task = SimCLR(exp, config.members(exp), CPU)
+    tau = torch.tensor([0.1, 1.0])
+    got = task.diagnostics(task.params, tau, step=3)["false_negative_mass"]
+    digits = task.train_y[task.draw(0, 3)].tolist() * 2  # views 0..3 then their twins 4..7
+    z = F.normalize(_member_network(task, exp, 0)(task.views(0, 3).reshape(8, PIXELS)), dim=-1)
+    for k, t in enumerate(tau.tolist()):
+        masses = []
+        for i in range(8):
+            weight = {j: math.exp((z[i] @ z[j]).item() / t) for j in range(8) if j != i}
+            same = [j for j in weight if j != (i + 4) % 8 and digits[j] == digits[i]]
+            masses.append(sum(weight[j] for j in same) / sum(weight.values()))
+        assert got[k].item() == pytest.approx(sum(masses) / 8, rel=1e-5)
+    assert len(set(digits[:4])) < 4  # the batch has same-digit views, so the test measures something

@@ -31,11 +31,17 @@ HEADLINES = [  # column, what it is, lower is better: the tasks' headline metric
     ("recall_a2b", "recall@1 a → b", False),  # pairs
     ("recall_b2a", "recall@1 b → a", False),  # pairs
 ]
+# Where a task has a projection head (simclr, clip) its geometry is measured in both spaces: ".z" the projection
+# the loss reads, ".h" the encoder output the probes read; tasks without one keep the plain names.
+SPACES = {"": "", ".z": " of the projection z", ".h": " of the encoder output h"}
 GEOMETRY = [  # column, what it is, lower is better (quadrants' headline, and the contrastive tasks' geometry)
-    ("uniformity", "uniformity", True),
-    ("alignment", "alignment (closeness of positives)", True),
+    *((f"uniformity{s}", f"uniformity{text}", True) for s, text in SPACES.items()),
+    *((f"alignment{s}", f"alignment{text} (closeness of positives)", True) for s, text in SPACES.items()),
 ]
-TRENDS = [("tolerance", "Same-class similarity (tolerance)"), ("cross_similarity", "Cross-class similarity")]
+TRENDS = [
+    *((f"tolerance{s}", f"Same-class similarity{text} (tolerance)") for s, text in SPACES.items()),
+    ("cross_similarity", "Cross-class similarity"),
+]
 AXIS_WORDS = {"alpha": "α", "labeled_fraction": "labelled fraction"}  # axes named in words; others by their key
 DISTILL_COLUMNS = {"accuracy", "alpha", "t2_scaling", "labeled_fraction", "kl_teacher", "ece", "tau"}
 

@@ -15,10 +15,16 @@ from tau_lab.figures.runs import Runs
 
 GEOMETRY_TASKS = ("quadrants", "simclr", "clip", "pairs")
 
-FINAL = {  # name: (what it is, how to read it)
+# Tasks with a projection head measure their geometry on the projection z (".z", what the loss reads) and on
+# the encoder output h (".h", what the probes read); the others under the plain names.
+SPACES = {"": "", ".z": " of z", ".h": " of h"}
+GEOMETRY = {  # name: (what it is, how to read it)
     "uniformity": ("uniformity", "log E exp(−2‖Δf‖²), lower = more uniform"),
     "tolerance": ("tolerance", "same-class cosine, higher = tighter classes"),
     "alignment": ("alignment", "E‖f(x) − f(x⁺)‖², lower = closer positives"),
+}
+FINAL = {  # name: (what it is, how to read it)
+    **{f"{m}{s}": (f"{what}{text}", how) for m, (what, how) in GEOMETRY.items() for s, text in SPACES.items()},
     "cross_similarity": ("cross-class similarity", "mean cosine, lower = classes further apart"),
 }
 HEADLINE = {  # the tasks' headline metrics: name: (what it is, how to read it)
@@ -55,7 +61,8 @@ def against_tau(runs: Runs, panels: dict[str, tuple[str, str]], what: str) -> Fi
     ncols = 2 if len(names) > 1 else 1
     nrows = -(-len(names) // ncols)
     # no shared x axis: a shared one hides the tick labels of a panel whose neighbour below is empty
-    fig, axes = style.figure(4.4 * ncols + 1.8, 3.2 * nrows + 0.6, nrows=nrows, ncols=ncols)
+    # three rows (a task's geometry in two spaces) share the height two rows would take, and a bit more
+    fig, axes = style.figure(4.4 * ncols + 1.8, min(3.2, 8.2 / nrows) * nrows + 0.6, nrows=nrows, ncols=ncols)
     for ax, name in zip(axes.flat, names, strict=False):
         sns.lineplot(
             table,
@@ -109,12 +116,13 @@ def against_tau(runs: Runs, panels: dict[str, tuple[str, str]], what: str) -> Fi
 def planes(runs: Runs) -> Figure | None:
     """The alignment–uniformity and uniformity–tolerance planes: a point per member, colour by final τ."""
     pairs = [
-        (x, y, t)
+        (x + s, y + s, t + text)
+        for s, text in SPACES.items()
         for x, y, t in [
             ("uniformity", "alignment", "alignment–uniformity (Wang & Isola)"),
             ("uniformity", "tolerance", "uniformity–tolerance (Wang & Liu)"),
         ]
-        if {x, y, "tau"} <= set(runs.members.columns)
+        if {x + s, y + s, "tau"} <= set(runs.members.columns)
     ]
     ok = runs.members[(runs.members["status"] == "ok") & (runs.members.get("tau", 0) > 0)]
     if not pairs or ok.empty:
@@ -123,8 +131,12 @@ def planes(runs: Runs) -> Figure | None:
     markers = style.markers(order)
     low, high = ok["tau"].min(), ok["tau"].max()
     norm = LogNorm(low / 1.5, high * 1.5) if low == high else LogNorm(low, high)
-    fig, axes = style.figure(5.0 * len(pairs) + 2.2, 4.6, ncols=len(pairs))
-    for ax, (x, y, title) in zip(axes[0], pairs, strict=True):
+    ncols = 2 if len(pairs) > 1 else 1  # a row per space (z, h) of the tasks that measure two
+    nrows = -(-len(pairs) // ncols)
+    fig, axes = style.figure(5.0 * ncols + 2.2, 4.6 if nrows == 1 else 4.2 * nrows, nrows=nrows, ncols=ncols)
+    for ax in axes.flat[len(pairs) :]:
+        ax.set_visible(False)
+    for ax, (x, y, title) in zip(axes.flat, pairs, strict=False):
         sns.scatterplot(
             ok,
             x=x,

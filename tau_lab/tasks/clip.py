@@ -9,7 +9,10 @@ digit (``tau_lab.data.captions``): ``"a handwritten seven"``, ``"the number 7"``
     L = clip_loss(u, v; τ) = ½ (CE(û v̂ᵀ / τ, arange B) + CE(v̂ ûᵀ / τ, arange B))
 
 Captions of the same digit are interchangeable, so in a batch of B pairs every other caption of the
-image's digit is a *false negative*; ``false_negative_rate`` reports their share of the negatives.
+image's digit is a *false negative*; ``false_negative_rate`` reports their share of the negatives and
+``false_negative_mass`` the softmax weight an image puts on them (both at logging steps). The sweep axis
+``mask_false_negatives`` tests whether they matter: a member with ``true`` leaves them out of the loss
+(``clip_loss_excluding``), each image's same-digit captions and each caption's same-digit images.
 
 Evaluation on the held-out split, each test image with one noise-free caption:
 
@@ -18,12 +21,15 @@ Evaluation on the held-out split, each test image with one noise-free caption:
 - ``zero_shot_single``: classification by the nearest class prompt ``"a handwritten {digit}"``;
 - ``zero_shot_ensemble``: by the mean of the normalised embeddings of every template × synonym per class,
   renormalised (CLIP's prompt ensembling);
-- ``alignment`` of image and caption, ``uniformity`` and ``tolerance`` of the image embeddings.
+- ``alignment.z`` of image and caption, ``uniformity.z`` and ``tolerance.z`` of the image embeddings ``u``
+  (the joint space, which the loss, recall and zero-shot all read);
+- ``uniformity.h`` and ``tolerance.h`` of the image tower's features ``h`` before its projection (no
+  ``alignment.h``: the text tower's features live in another space until their own projection).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +59,9 @@ class Sweep(contrastive.Sweep):
     caption_noise: list[Annotated[float, Field(ge=0, lt=1)]] = Field(
         [0.0], min_length=1, description="fractions of wrong captions"
     )
+    mask_false_negatives: list[bool] = Field(
+        [False], min_length=1, description="drop same-digit captions (images) from each image's (caption's) negatives"
+    )
 
 
 class MiniCLIP(nn.Module):
@@ -72,14 +81,50 @@ class MiniCLIP(nn.Module):
         return self.text_projection(bags @ self.text.weight)
 
 
+def image_features(params: dict[str, Tensor], x: Tensor) -> Tensor:
+    """The image tower before its projection, ``h = ReLU(MLP(x))``: ``[K, N, 64]`` → ``[K, N, width]``."""
+    return F.relu(mlp(x, params, "image", 2))
+
+
 def encode_image(params: dict[str, Tensor], x: Tensor) -> Tensor:
-    """``[K, N, 64]`` → ``[K, N, D]``."""
-    return linear(F.relu(mlp(x, params, "image", 2)), params["image_projection.weight"])
+    """``u = W h``: ``[K, N, 64]`` → ``[K, N, D]``."""
+    return linear(image_features(params, x), params["image_projection.weight"])
 
 
 def encode_text(params: dict[str, Tensor], bags: Tensor) -> Tensor:
     """Bags of words ``[K, N, V]`` → ``[K, N, D]``."""
     return linear(torch.bmm(bags, params["text.weight"]), params["text_projection.weight"])
+
+
+def clip_loss_excluding(image: Tensor, text: Tensor, tau: Tensor, exclude: Tensor) -> Tensor:
+    """CLIP's symmetric loss with some negatives left out of the softmax: ``[K]``.
+
+    With ``ℓ_ij = û_i·v̂_j / τ``, and ``E`` the excluded pairs (never the diagonal),
+
+        L = ½ mean_i (−ℓ_ii + log Σ_{j ∉ E_i·} exp ℓ_ij) + ½ mean_j (−ℓ_jj + log Σ_{i ∉ E_·j} exp ℓ_ij),
+
+    ``losses.clip_loss`` when ``E`` is empty. The excluded logits are set to −∞ *after* the division by τ:
+    masking the similarities before it would give ``∂(−∞/τ)/∂τ`` times a zero weight, ``0 · ∞`` = NaN.
+
+    Args:
+        image, text: ``[K, B, D]``, paired row by row.
+        tau: ``[K]``.
+        exclude: ``[K, B, B]`` bool, ``exclude[k, i, j]``: caption j is no negative of image i (nor image i
+            of caption j); the diagonal must be ``False``.
+    """
+    u, v = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    logits = (u @ v.transpose(1, 2) / tau[:, None, None]).masked_fill(exclude, float("-inf"))
+    image_to_text = -F.log_softmax(logits, dim=2).diagonal(dim1=1, dim2=2).mean(-1)
+    text_to_image = -F.log_softmax(logits, dim=1).diagonal(dim1=1, dim2=2).mean(-1)
+    return (image_to_text + text_to_image) / 2
+
+
+class Batch(NamedTuple):
+    """A step's inputs for every member."""
+
+    images: Tensor  # [K, B, 64]
+    bags: Tensor  # [K, B, V]: the captions' bags of words
+    same: Tensor  # [K, B images, B captions] bool: caption j names image i's digit
 
 
 class CLIP(contrastive.ContrastiveTask):
@@ -98,6 +143,7 @@ class CLIP(contrastive.ContrastiveTask):
         self.bags = captions.bag_table(self.vocab).to(device, dtype)  # [T, 10, S, V]
         noise = torch.tensor([m["caption_noise"] for m in members], device=device)
         self.caption_digit, self.caption_bag = self._captions(noise)  # [K, N_train], [K, N_train, V]
+        self.mask = torch.tensor([m["mask_false_negatives"] for m in members], device=device)  # [K]
         g = torch.Generator(device).manual_seed(self.data.split_seed)
         test = captions.draw_captions(len(self.test_y), g)
         self.test_bags = self.bags[test.template, self.test_y, test.synonym]  # [N_test, V]
@@ -123,30 +169,43 @@ class CLIP(contrastive.ContrastiveTask):
         digit = torch.stack(digits)[self.seed_row, torch.arange(len(noise), device=self.device)]
         return digit, self.bags[torch.stack(template)[self.seed_row], digit, torch.stack(synonym)[self.seed_row]]
 
-    def batch(self, step: int) -> tuple[Tensor, Tensor]:
-        """Images ``[K, B, 64]`` and their captions' bags of words ``[K, B, V]``."""
+    def batch(self, step: int) -> Batch:
+        """Images, their captions' bags of words, and which captions name which image's digit."""
         idx = self.indices(step)
-        return self.train_x[idx], self.caption_bag.gather(1, idx[..., None].expand(-1, -1, len(self.vocab)))
+        image_digit, caption_digit = self.train_y[idx], self.caption_digit.gather(1, idx)  # [K, B]
+        bags = self.caption_bag.gather(1, idx[..., None].expand(-1, -1, len(self.vocab)))
+        return Batch(self.train_x[idx], bags, image_digit[:, :, None] == caption_digit[:, None, :])
 
-    def step(self, params: dict[str, Tensor], tau: Tensor, batch: tuple[Tensor, Tensor]) -> StepResult:
+    def step(self, params: dict[str, Tensor], tau: Tensor, batch: Batch) -> StepResult:
         """The CLIP loss and its gradients by autograd; the image→text similarities with each image's own
-        caption first, ``[K, B, B]``, for the hardness metrics."""
-        images, bags = batch
+        caption first, ``[K, B, B]``, for the hardness metrics.
+
+        Members with ``mask_false_negatives`` leave the batch's same-digit pairs out of the loss
+        (``clip_loss_excluding``); for the others nothing is excluded: ``losses.clip_loss``'s formula.
+        """
+        eye = torch.eye(len(batch.same[0]), dtype=torch.bool, device=self.device)
+        exclude = batch.same & ~eye & self.mask[:, None, None]
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
-            u, v = encode_image(p, images), encode_text(p, bags)
-            return losses.clip_loss(u, v, t), self.similarities(u, v)
+            u, v = encode_image(p, batch.images), encode_text(p, batch.bags)
+            return clip_loss_excluding(u, v, t, exclude), self.similarities(u, v)
 
         return autograd_step(loss_fn, params, tau)
 
     def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
-        """``false_negative_rate``: the share of an image's B − 1 negative captions that name its digit."""
-        idx = self.indices(step)
-        image_digit, caption_digit = self.train_y[idx], self.caption_digit.gather(1, idx)  # [K, B]
-        same = image_digit[:, :, None] == caption_digit[:, None, :]  # [K, B images, B captions]
-        negatives = same.sum((1, 2)) - same.diagonal(dim1=1, dim2=2).sum(1)
-        b = idx.shape[1]
-        return {"false_negative_rate": negatives / (b * (b - 1))}
+        """At ``params`` on the batch of ``step``, each ``[K]``:
+
+        - ``false_negative_rate``: the share of an image's B − 1 negative captions that name its digit;
+        - ``false_negative_mass``: the weight ``softmax(s/τ)`` of an image's row (its caption and the B − 1
+          others, none masked) puts on those captions, averaged over the images
+          (``contrastive.false_negative_mass``).
+        """
+        batch = self.batch(step)
+        b = batch.same.shape[1]
+        negatives = batch.same.sum((1, 2)) - batch.same.diagonal(dim1=1, dim2=2).sum(1)
+        sims = self.similarities(encode_image(params, batch.images), encode_text(params, batch.bags))
+        mass = contrastive.false_negative_mass(sims, self.positive_first(batch.same), tau)
+        return {"false_negative_rate": negatives / (b * (b - 1)), "false_negative_mass": mass}
 
     def _classes(self, params: dict[str, Tensor], prompts: Tensor) -> Tensor:
         """Class embeddings ``[K, 10, D]``: the mean of the normalised prompt embeddings, renormalised."""
@@ -160,10 +219,12 @@ class CLIP(contrastive.ContrastiveTask):
 
     def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """Recall@1 both ways, zero-shot accuracy (single prompt, ensemble), alignment, uniformity and
-        tolerance, on the test split; each ``[K]``."""
-        u = self.embed(params)
+        tolerance of the joint space (``.z``), uniformity and tolerance of the image tower's ``h`` (``.h``),
+        on the test split; each ``[K]``."""
+        h = image_features(params, self.members(self.test_x))
+        u = linear(h, params["image_projection.weight"])
         v = encode_text(params, self.members(self.test_bags))
-        out = contrastive.geometry(u, self.test_y, (u, v))
+        out = contrastive.geometry(u, self.test_y, (u, v), ".z") | contrastive.geometry(h, self.test_y, None, ".h")
         out["recall_i2t"] = metrics.recall_at_1(u, v, self.test_y, self.test_y)
         out["recall_t2i"] = metrics.recall_at_1(v, u, self.test_y, self.test_y)
         un = F.normalize(u, dim=-1)
@@ -186,16 +247,19 @@ class CLIP(contrastive.ContrastiveTask):
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
     """One member trained alone: a ``MiniCLIP`` and ``torch.optim`` on the member's own pairs, with the loss
-    as CLIP's paper writes it (``logits = û v̂ᵀ / τ``, the mean of the row and column cross-entropies)."""
+    as CLIP's paper writes it (``logits = û v̂ᵀ / τ``, the mean of the row and column cross-entropies); with
+    ``mask_false_negatives``, the same-digit pairs other than the diagonal masked to −∞ after the division."""
     task = CLIP(experiment, [member], torch.device("cpu"))
     model = seeded(member["seed"], lambda: MiniCLIP(len(task.vocab), **experiment.model.model_dump()))
     labels = torch.arange(task.batch_size)
 
     def loss_fn(net: nn.Module, tau: Tensor, step: int) -> Tensor:
-        images, bags = task.batch(step)
-        u = F.normalize(net.encode_image(images[0]), dim=-1)
-        v = F.normalize(net.encode_text(bags[0]), dim=-1)
+        images, bags, same = (part[0] for part in task.batch(step))
+        u = F.normalize(net.encode_image(images), dim=-1)
+        v = F.normalize(net.encode_text(bags), dim=-1)
         logits = u @ v.T / tau
+        if member["mask_false_negatives"]:
+            logits = logits.masked_fill(same & (labels[:, None] != labels), float("-inf"))
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     return reference.train_reference(experiment, member, model, loss_fn)

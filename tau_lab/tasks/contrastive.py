@@ -6,6 +6,7 @@
 - ``ContrastiveTask``: the base of the three: per-seed draws of the step's batch, the digits split, the
   similarity rows with the positive first, the shared inputs of evaluation;
 - ``geometry``: alignment, uniformity and tolerance of embeddings, in member chunks that fit memory;
+- ``false_negative_mass``: the softmax mass on same-class negatives (a diagnostic of false negatives);
 - ``member_bytes``: the memory estimate behind the engine's chunking.
 """
 
@@ -147,18 +148,47 @@ def _by_member(fn: Callable[..., Tensor], x: Tensor, *args: Tensor) -> Tensor:
     return torch.cat([fn(part, *args) for part in x.split(chunk)])
 
 
-def geometry(z: Tensor, labels: Tensor | None, positives: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
-    """Uniformity and tolerance of ``z``, alignment of the positive pairs; each ``[K]``.
+def geometry(
+    z: Tensor, labels: Tensor | None, positives: tuple[Tensor, Tensor] | None, suffix: str = ""
+) -> dict[str, Tensor]:
+    """Uniformity and tolerance of ``z``, alignment of the positive pairs; each ``[K]``, named
+    ``uniformity{suffix}``, ``tolerance{suffix}``, ``alignment{suffix}``.
+
+    Tasks with a projection head measure both spaces: ``suffix=".z"`` on the projection the loss reads,
+    ``suffix=".h"`` on the encoder output the probes read; tasks without one use the plain names.
 
     Args:
         z: ``[K, N, D]`` embeddings (the metrics normalise them).
         labels: ``[N]``, or ``None`` (no tolerance).
-        positives: two ``[K, M, D]``, row i of one the positive of row i of the other.
+        positives: two ``[K, M, D]``, row i of one the positive of row i of the other, or ``None`` (no
+            alignment: the two sides live in spaces that are not compared, as CLIP's two towers before
+            their projections).
+        suffix: appended to every name.
     """
-    out = {"alignment": metrics.alignment(*positives), "uniformity": _by_member(metrics.uniformity, z)}
+    out = {f"uniformity{suffix}": _by_member(metrics.uniformity, z)}
+    if positives is not None:
+        out[f"alignment{suffix}"] = metrics.alignment(*positives)
     if labels is not None:
-        out["tolerance"] = _by_member(metrics.tolerance, z, labels)
+        out[f"tolerance{suffix}"] = _by_member(metrics.tolerance, z, labels)
     return out
+
+
+def false_negative_mass(sims: Tensor, same: Tensor, tau: Tensor) -> Tensor:
+    """The softmax mass each anchor puts on its same-class negatives, averaged over anchors: ``[K]``.
+
+    ``FNM = mean_i Σ_{j ≥ 1, y_j = y_i} exp(s_ij/τ) / Σ_{j ≥ 0} exp(s_ij/τ)``: the denominator runs over
+    every candidate of the row, the positive (column 0) included, as in the loss's softmax; the numerator
+    over the negatives of the anchor's class only (column 0 is never counted, whatever ``same`` says).
+
+    Args:
+        sims: ``[K, N, C]`` similarities, each row positive first (``ContrastiveTask.positive_first``).
+        same: ``[K, N, C]`` bool, candidate j has anchor i's class.
+        tau: ``[K]``.
+    """
+    weights = torch.softmax(sims / tau[:, None, None], dim=-1)
+    negatives = same.clone()
+    negatives[..., 0] = False
+    return (weights * negatives).sum(-1).mean(-1)
 
 
 def member_bytes(model: nn.Module, activations: int) -> int:

@@ -9,10 +9,16 @@ Linear, as SimCLR's) the embedding of the loss:
 
 Evaluation on the held-out split of ``load_digits`` (labels are used here only):
 
-- ``alignment``: ``E ‖ẑ(v₁) − ẑ(v₂)‖²`` over two fixed augmentations of every test image;
-- ``uniformity`` and ``tolerance`` of the test images' ``ẑ`` (Wang & Isola; Wang & Liu);
+- ``alignment.z``: ``E ‖ẑ(v₁) − ẑ(v₂)‖²`` over two fixed augmentations of every test image;
+- ``uniformity.z`` and ``tolerance.z`` of the test images' ``ẑ`` (Wang & Isola; Wang & Liu), the space of
+  the loss;
+- ``alignment.h``, ``uniformity.h`` and ``tolerance.h``: the same on the encoder output ``h``, the space the
+  k-NN and the probe read;
 - ``knn_accuracy``: cosine k-NN of test ``h`` against the train ``h`` (k = 20);
 - ``probe_accuracy``: a logistic regression trained on the frozen train ``h`` (``metrics.linear_probe``).
+
+At logging steps, ``false_negative_mass`` (``contrastive.false_negative_mass``): the softmax mass each view
+puts on the views of its batch that show its digit, other than its twin.
 """
 
 from __future__ import annotations
@@ -118,17 +124,29 @@ class SimCLR(contrastive.ContrastiveTask):
         return project(params, represent(params, self.members(self.test_x)))
 
     def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Alignment, uniformity, tolerance, k-NN and linear-probe accuracy on the test split; each ``[K]``."""
+        """Alignment, uniformity and tolerance of both ``z`` (``.z``) and ``h`` (``.h``), k-NN and linear-probe
+        accuracy on the test split; each ``[K]``."""
         h_train = represent(params, self.members(self.train_x))
         h_test = represent(params, self.members(self.test_x))
         views = self.members(self.test_views.reshape(-1, PIXELS))  # [K, 2 N_test, 64]
-        z_views = project(params, represent(params, views))
-        out = contrastive.geometry(project(params, h_test), self.test_y, z_views.chunk(2, dim=1))
+        h_views = represent(params, views)
+        out = contrastive.geometry(project(params, h_test), self.test_y, project(params, h_views).chunk(2, 1), ".z")
+        out |= contrastive.geometry(h_test, self.test_y, h_views.chunk(2, dim=1), ".h")
         out["knn_accuracy"] = metrics.knn_accuracy(h_test, h_train, self.train_y, self.test_y, self.data.knn_k)
         out["probe_accuracy"] = metrics.linear_probe(
             h_train, self.train_y, h_test, self.test_y, self.data.probe_steps, self.data.probe_lr
         )
         return out
+
+    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
+        """``false_negative_mass`` ``[K]`` of the step's batch at ``params``: over the 2B views, the softmax
+        weight (of ``s/τ`` over the twin and the 2B − 2 negatives) on the negatives showing the view's digit."""
+        k, b = len(tau), self.batch_size
+        z = F.normalize(project(params, represent(params, self.batch(step).reshape(k, 2 * b, PIXELS))), dim=-1)
+        digits = self.train_y[self.indices(step)].repeat(1, 2)  # [K, 2B]: the views' digits, as the rows of z
+        same = self.positive_first(digits[:, :, None] == digits[:, None, :])
+        mass = contrastive.false_negative_mass(self.positive_first(z @ z.transpose(1, 2)), same, tau)
+        return {"false_negative_mass": mass}
 
     @staticmethod
     def member_bytes(experiment: Any) -> int:
