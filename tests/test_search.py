@@ -39,8 +39,9 @@ def trials_of(spec: search.Search) -> list[optuna.trial.FrozenTrial]:
 
 
 def members_of(spec: search.Search) -> pd.DataFrame:
-    """Every member of every batch of the search."""
-    return pd.concat([pd.read_parquet(p) for p in sorted(spec.directory.glob("*/members.parquet"))], ignore_index=True)
+    """Every trained member of every batch of the search (a killed batch's grid says ``running``)."""
+    members = pd.concat([pd.read_parquet(p) for p in sorted(spec.directory.glob("*/members.parquet"))])
+    return members[members.status != "running"].reset_index(drop=True)
 
 
 def assert_each_trial_evaluated_once(spec: search.Search, n_trials: int) -> None:
