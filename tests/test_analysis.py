@@ -347,6 +347,14 @@ def test_choosing_on_validation_never_reads_test():
     learned = members.iloc[[3, 8]].assign(tau_mode="ctkd", tau_init=8.5)
     table = learned_vs_fixed(pd.concat([members, learned]))
     assert table["best_fixed_T"].tolist() == [2.0] and table["best_fixed_accuracy_mean"].tolist() == [0.75]
+    # a tie on validation goes to the lower KL to the teacher, in every table alike
+    tied = members.copy()
+    at = lambda T: (tied["tau_init"] == T) & (tied["alpha"] == 0.9)  # noqa: E731
+    tied.loc[at(4.0), "val_accuracy"] = tied.loc[at(2.0), "val_accuracy"].to_numpy()
+    tied.loc[at(4.0), "kl_teacher"] = 0.05
+    assert best_students(tied, top=1)["tau_init"].tolist() == [4.0]
+    assert teacher_gain(tied).set_index("student").loc["best on validation", "tau_init"] == 4.0
+    assert accuracy_by_T(tied).set_index("alpha").loc[0.9, "val_best_T"] == 4.0
 
 
 def test_gain_by_T_pairs_each_T_with_T1():
