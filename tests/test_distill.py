@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import tomllib
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -163,6 +165,12 @@ def test_validation_split_is_disjoint_stratified_and_never_trained_on():
     with torch.no_grad():
         expected = (s(split.val_x).argmax(1) == split.val_y).float().mean().item()
     assert task.evaluate(task.params)["val_accuracy"][0].item() == pytest.approx(expected)
+
+
+def test_the_search_chooses_T_and_alpha_on_validation():
+    study = tomllib.loads((Path(__file__).parents[1] / "experiments" / "digits_kd_search.toml").read_text())
+    assert study["search"]["objective"] == "val_accuracy"
+    assert study["data"]["validation_fraction"] > 0
 
 
 def test_evaluation_is_at_T_equal_one():
