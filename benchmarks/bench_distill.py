@@ -66,7 +66,7 @@ def main() -> None:
     rows = config.members(spec)
     subset = spread(rows, args.subset)
     data = spec.data
-    load_teacher(spec.model.teacher, data.test_fraction, data.split_seed)  # cached first
+    load_teacher(spec.model.teacher, data.test_fraction, data.split_seed, data.validation_fraction)  # cached first
     warm = spec.model_copy(update={"steps": WARMUP_STEPS})
     engine.train_population(warm, rows, CPU)
     train_reference(warm, subset[0])

@@ -1,6 +1,8 @@
 """The distillation teacher: a wide MLP on scikit-learn's digits, trained once and cached on disk.
 
-A teacher is defined by everything that shapes its weights: the data split, the widths, the
+A teacher is defined by everything that shapes its weights: the data split (test and validation
+fractions, seed: the teacher trains on the students' training split only, never on the validation
+images the students' T and α are chosen on, nor on the test images), the widths, the
 optimizer, the steps, the seed and the version of the code that trains it. The SHA-256 of those,
 as canonical JSON, names its file ``<cache>/teacher-<hash>.pt``: the same definition loads that
 file and trains nothing; any change trains and caches a new teacher. The cache is
@@ -49,6 +51,40 @@ class TeacherSpec(BaseModel):
     seed: int = 0
 
 
+class Split(NamedTuple):
+    """The digits in three stratified parts: images ``[N, 64]`` in [0, 1], labels ``[N]``. ``val`` is
+    carved from ``load_digits``' training split, so ``train ∪ val`` is that split and ``test`` is untouched."""
+
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+
+
+def validation_mask(train_y: Tensor, fraction: float, seed: int) -> Tensor:
+    """``train_y [N]`` → ``[N]`` bools: in every class c, ``round(fraction · n_c)`` images drawn by ``seed``
+    (0 images when ``fraction`` is 0)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"validation_fraction = {fraction:g} is not allowed: it must lie in [0, 1)")
+    g = torch.Generator().manual_seed(seed)
+    val = torch.zeros(len(train_y), dtype=torch.bool)
+    for c in range(CLASSES):
+        idx = (train_y == c).nonzero().squeeze(1)
+        val[idx[torch.randperm(len(idx), generator=g)[: round(fraction * len(idx))]]] = True
+    return val
+
+
+def load_split(test_fraction: float, split_seed: int, validation_fraction: float) -> Split:
+    """``load_digits(test_fraction, split_seed)`` with a stratified ``validation_fraction`` of its
+    training split set apart (drawn with ``split_seed`` too)."""
+    digits = load_digits(test_fraction, split_seed)
+    val = validation_mask(digits.train_y, validation_fraction, split_seed)
+    x, y = digits.train_x, digits.train_y
+    return Split(x[~val], y[~val], x[val], y[val], digits.test_x, digits.test_y)
+
+
 class Teacher(NamedTuple):
     model: nn.Sequential  # [N, 64] → [N, 10] logits, frozen, on the CPU
     test_accuracy: float
@@ -63,18 +99,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tau-lab"
 
 
-def definition(spec: TeacherSpec, test_fraction: float, split_seed: int) -> dict[str, Any]:
+def definition(
+    spec: TeacherSpec, test_fraction: float, split_seed: int, validation_fraction: float = 0.0
+) -> dict[str, Any]:
     """Everything that defines a teacher's weights (its cache key is the hash of this)."""
     return {
-        "split": {"test_fraction": test_fraction, "seed": split_seed},
+        "split": {"test_fraction": test_fraction, "seed": split_seed, "validation_fraction": validation_fraction},
         "teacher": spec.model_dump(),
         "training_code": TRAINING_CODE_VERSION,
         "tau_lab": tau_lab.__version__,
     }
 
 
-def teacher_key(spec: TeacherSpec, test_fraction: float, split_seed: int) -> str:
-    text = json.dumps(definition(spec, test_fraction, split_seed), sort_keys=True)
+def teacher_key(spec: TeacherSpec, test_fraction: float, split_seed: int, validation_fraction: float = 0.0) -> str:
+    text = json.dumps(definition(spec, test_fraction, split_seed, validation_fraction), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -113,19 +151,27 @@ def train_teacher(spec: TeacherSpec, train_x: Tensor, train_y: Tensor) -> nn.Seq
     return model.eval().requires_grad_(False)
 
 
-def load_teacher(spec: TeacherSpec, test_fraction: float, split_seed: int, cache: Path | None = None) -> Teacher:
-    """The cached teacher of this definition, trained and cached first if there is none."""
-    path = (cache or cache_dir()) / f"teacher-{teacher_key(spec, test_fraction, split_seed)}.pt"
+def load_teacher(
+    spec: TeacherSpec,
+    test_fraction: float,
+    split_seed: int,
+    validation_fraction: float = 0.0,
+    cache: Path | None = None,
+) -> Teacher:
+    """The cached teacher of this definition, trained and cached first if there is none. It trains on
+    ``load_split(...).train`` only: the validation images stay unseen, as they do for the students."""
+    key = teacher_key(spec, test_fraction, split_seed, validation_fraction)
+    path = (cache or cache_dir()) / f"teacher-{key}.pt"
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         model = make_teacher(spec)
         model.load_state_dict(saved["state_dict"])
         return Teacher(model.eval().requires_grad_(False), saved["test_accuracy"], path, trained=False)
     print(f"training the distillation teacher ({spec.steps} steps), once: it is cached in {path}", file=sys.stderr)
-    data = load_digits(test_fraction, split_seed)
+    data = load_split(test_fraction, split_seed, validation_fraction)
     model = train_teacher(spec, data.train_x, data.train_y)
     saved = {
-        "definition": json.dumps(definition(spec, test_fraction, split_seed), sort_keys=True),
+        "definition": json.dumps(definition(spec, test_fraction, split_seed, validation_fraction), sort_keys=True),
         "state_dict": model.state_dict(),
         "test_accuracy": accuracy(model, data.test_x, data.test_y),
         "train_accuracy": accuracy(model, data.train_x, data.train_y),

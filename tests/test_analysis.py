@@ -15,7 +15,16 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from tau_lab import analysis
-from tau_lab.analysis.distill import loglog_slopes, summary_tables, teacher_gain
+from tau_lab.analysis.distill import (
+    accuracy_by_T,
+    best_students,
+    gain_by_T,
+    learned_vs_fixed,
+    local_slopes,
+    loglog_slopes,
+    summary_tables,
+    teacher_gain,
+)
 from tau_lab.analysis.findings import best_finding, findings, trend, vanished
 from tau_lab.analysis.tables import compare_to_best, over_seeds, paired_interval, pooled
 
@@ -271,29 +280,109 @@ def test_loglog_slopes_recover_a_known_power_law():
     assert (slopes["seeds"] == 2).all()
 
 
-def test_teacher_gain_is_paired_by_seed():
-    base = {"tau_mode": "fixed", "t2_scaling": True, "labeled_fraction": 0.1, "status": "ok"}
+def test_slope_with_T2_is_the_slope_without_plus_exactly_two() -> None:
+    # members with and without T² share their weights at initialisation: g_with = T² · g_without
+    rng = np.random.default_rng(0)
+    T = np.array([1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    rows = []
+    for seed in range(3):
+        without = np.exp(rng.normal(size=len(T))) / T**2  # noisy, not a power law
+        for t2, g in ((False, without), (True, without * T**2)):
+            rows += [
+                {"tau_mode": "fixed", "tau_init": t, "t2_scaling": t2, "seed": seed, "status": "ok", "g": v}
+                for t, v in zip(T, g, strict=True)
+            ]
+    members = pd.DataFrame(rows)
+    for min_T in (1.0, 4.0, 8.0):
+        slopes = loglog_slopes(members, "g", min_T=min_T).set_index("t2_scaling")
+        assert slopes.loc[True, "slope_mean"] - slopes.loc[False, "slope_mean"] == pytest.approx(2.0, abs=1e-12)
+        assert slopes.loc[True, "slope_sd"] == pytest.approx(slopes.loc[False, "slope_sd"], abs=1e-12)
+    local = local_slopes(members, "g").pivot(index=["T_from", "T_to"], columns="t2_scaling", values="slope_mean")
+    assert (local[True] - local[False]).to_numpy() == pytest.approx(np.full(5, 2.0), abs=1e-12)
+
+
+def test_local_slopes_show_where_the_law_starts() -> None:
+    # g = 1 / (1 + T²): slope ≈ 0 at small T, → −2 at large T
+    T = [1.0, 2.0, 4.0, 8.0, 16.0]
     rows = [
-        base | {"tau_init": T, "alpha": alpha, "seed": seed, "accuracy": accuracy}
-        for seed, alone in ((0, 0.5), (1, 0.7))
-        for T, alpha, accuracy in (
-            (4.0, 0.0, alone),
-            (1.0, 0.0, alone),
-            (4.0, 0.9, alone + 0.2),
-            (1.0, 0.9, alone + 0.1),
-        )
+        {"tau_mode": "fixed", "tau_init": t, "t2_scaling": False, "seed": 0, "status": "ok", "g": 1 / (1 + t * t)}
+        for t in T
     ]
-    table = teacher_gain(pd.DataFrame(rows)).set_index("student")
-    assert table.loc["best", "tau_init"] == 4.0
-    assert table.loc["best", "gain_mean"] == pytest.approx(0.2)
-    assert table.loc["best", "gain_sd"] == pytest.approx(0.0, abs=1e-12)  # unpaired, the sd would be 0.14
-    assert table.loc["best", "alone_mean"] == pytest.approx(0.6)
+    local = local_slopes(pd.DataFrame(rows), "g").set_index("T_from")["slope_mean"]
+    assert local[1.0] == pytest.approx(np.log(2 / 5) / np.log(2))
+    assert local[8.0] == pytest.approx(np.log(65 / 257) / np.log(2))  # −1.983
+
+
+def _kd_members() -> pd.DataFrame:
+    """Two seeds, fraction 0.1: α = 0 students (0.5, 0.7) and four α = 0.9 settings whose
+    validation ranking (T = 2 best) differs from the test ranking (T = 4 best)."""
+    base = {"tau_mode": "fixed", "t2_scaling": True, "labeled_fraction": 0.1, "status": "ok"}
+    base |= {"kl_teacher": 0.1, "ece": 0.0}
+    settings = [  # T, α, test gain, validation accuracy
+        (1.0, 0.0, 0.0, 0.6),
+        (4.0, 0.0, 0.0, 0.6),
+        (1.0, 0.9, 0.10, 0.80),
+        (2.0, 0.9, 0.15, 0.95),
+        (4.0, 0.9, 0.20, 0.85),
+    ]
+    rows = [
+        base
+        | {"tau_init": T, "tau": T, "alpha": alpha, "seed": seed}
+        | {"accuracy": alone + gain, "val_accuracy": val + seed / 100}
+        for seed, alone in ((0, 0.5), (1, 0.7))
+        for T, alpha, gain, val in settings
+    ]
+    return pd.DataFrame(rows).assign(member=range(len(rows)))
+
+
+def test_teacher_gain_is_paired_by_seed_and_chosen_on_validation():
+    table = teacher_gain(_kd_members()).set_index("student")
+    best = table.loc["best on validation"]
+    assert best["tau_init"] == 2.0  # the validation-best, not T = 4, the test-best
+    assert best["accuracy_mean"] == pytest.approx(0.75)  # its test accuracy, reported
+    assert best["gain_mean"] == pytest.approx(0.15)
+    assert best["gain_sd"] == pytest.approx(0.0, abs=1e-12)  # unpaired, the sd would be 0.14
+    assert best["gain_low"] == pytest.approx(0.15) and best["gain_high"] == pytest.approx(0.15)
+    assert best["alone_mean"] == pytest.approx(0.6)
+    assert table.loc["default", "tau_init"] == 4.0 and table.loc["default", "gain_mean"] == pytest.approx(0.2)
+
+
+def test_choosing_on_validation_never_reads_test():
+    members = _kd_members()
+    # scrambling the test accuracies changes no choice
+    scrambled = members.assign(accuracy=members["accuracy"].sample(frac=1, random_state=0).to_numpy())
+    for frame in (members, scrambled):
+        assert best_students(frame, top=1)["tau_init"].tolist() == [2.0]
+        assert teacher_gain(frame).set_index("student").loc["best on validation", "tau_init"] == 2.0
+    row = accuracy_by_T(members).set_index("alpha").loc[0.9]
+    assert row["val_best_T"] == 2.0 and row["accuracy_at_val_best"] == pytest.approx(0.75)
+    assert row[4.0] == pytest.approx(0.8)  # the test-best T is shown, not chosen
+    learned = members.iloc[[3, 8]].assign(tau_mode="ctkd", tau_init=8.5)
+    table = learned_vs_fixed(pd.concat([members, learned]))
+    assert table["best_fixed_T"].tolist() == [2.0] and table["best_fixed_accuracy_mean"].tolist() == [0.75]
+    # a tie on validation goes to the lower KL to the teacher, in every table alike
+    tied = members.copy()
+    at = lambda T: (tied["tau_init"] == T) & (tied["alpha"] == 0.9)  # noqa: E731
+    tied.loc[at(4.0), "val_accuracy"] = tied.loc[at(2.0), "val_accuracy"].to_numpy()
+    tied.loc[at(4.0), "kl_teacher"] = 0.05
+    assert best_students(tied, top=1)["tau_init"].tolist() == [4.0]
+    assert teacher_gain(tied).set_index("student").loc["best on validation", "tau_init"] == 4.0
+    assert accuracy_by_T(tied).set_index("alpha").loc[0.9, "val_best_T"] == 4.0
+
+
+def test_gain_by_T_pairs_each_T_with_T1():
+    table = gain_by_T(_kd_members()).set_index("T")
+    assert table.loc[1.0, "vs_T1_mean"] == pytest.approx(0.0)
+    assert table.loc[4.0, "vs_T1_mean"] == pytest.approx(0.10)
+    assert table.loc[2.0, "gain_mean"] == pytest.approx(0.15)
+    assert table.loc[2.0, "gain_low"] == pytest.approx(0.15)  # the same gain in both seeds
 
 
 def test_summary_tables_by_task() -> None:
     rows = [
         {"member": 0, "tau_mode": "fixed", "tau_init": T, "alpha": a, "t2_scaling": True, "labeled_fraction": 1.0}
         | {"seed": s, "status": "ok", "accuracy": 0.5 + a / 10 + s / 100, "kl_teacher": 0.1, "ece": 0.0, "tau": T}
+        | {"val_accuracy": 0.5 + a / 10}
         for T in (1.0, 4.0)
         for a in (0.0, 0.9)
         for s in (0, 1)
@@ -301,7 +390,10 @@ def test_summary_tables_by_task() -> None:
     members = pd.DataFrame(rows).assign(member=range(len(rows)))
     tables = analysis.summary_tables("distill", members)
     assert list(tables) == list(summary_tables(members))
-    assert "teacher's gain over α = 0, paired by seed" in tables
+    gain = "teacher's gain over α = 0, paired by seed (chosen on validation, measured on test)"
+    assert gain in tables
+    # a members table without val_accuracy (runs before the split) gets no table that chooses a setting
+    assert gain not in summary_tables(members.drop(columns="val_accuracy"))
     assert analysis.summary_tables("quadrants", members) == {} and analysis.summary_tables("clip", members) == {}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import tomllib
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -23,7 +25,7 @@ from tau_lab.tasks.distill import (
     student_logits,
     train_reference,
 )
-from tau_lab.teacher import load_teacher
+from tau_lab.teacher import load_split, load_teacher
 from tau_lab.temperature import Temperature, ctkd_lambda
 
 CPU = torch.device("cpu")
@@ -96,7 +98,7 @@ def test_alpha_zero_is_plain_supervised_training():
     for p in students(out["params"]).values():
         assert torch.equal(p, p[:1].expand_as(p))
     # ... and the one a cross-entropy loop on the labelled images trains, with no teacher at all
-    digits = load_digits(0.25, 0)
+    digits = load_split(0.25, 0, 0.2)
     student = make_student(5, exp.model.hidden)
     opt = exp.optimizer
     optimizer = torch.optim.AdamW(student.parameters(), lr=opt.lr, betas=opt.betas, eps=opt.eps, weight_decay=0.0)
@@ -128,7 +130,7 @@ def test_teacher_runs_once_per_batch_for_the_whole_population():
 
 
 def test_labeled_subsets_are_stratified_and_nested():
-    y = load_digits(0.25, 0).train_y
+    y = load_split(0.25, 0, 0.2).train_y
     rank, _ = seed_data(7, y, 1, 8)
     masks = labeled_mask(rank, y, torch.tensor([0.01, 0.05, 0.2, 1.0]))  # [4, N]
     per_class = torch.bincount(y, minlength=10)
@@ -140,6 +142,37 @@ def test_labeled_subsets_are_stratified_and_nested():
     assert not torch.equal(labeled_mask(other, y, torch.tensor(0.2)), masks[2])  # each seed its own subset
 
 
+def test_validation_split_is_disjoint_stratified_and_never_trained_on():
+    split = load_split(0.25, 0, 0.2)
+    full = load_digits(0.25, 0)
+    # train ∪ val is load_digits' training split, image for image, and test is untouched
+    assert len(split.train_y) + len(split.val_y) == len(full.train_y) == 1347
+    rows = lambda x: {tuple(r) for r in x.tolist()}  # noqa: E731
+    assert not rows(split.train_x) & rows(split.val_x) and not rows(split.val_x) & rows(split.test_x)
+    assert torch.equal(split.test_x, full.test_x)
+    # in every class, round(0.2 · n_c) images of the training split
+    per_class = torch.bincount(full.train_y, minlength=10)
+    assert torch.equal(torch.bincount(split.val_y, minlength=10), (0.2 * per_class).round().long())
+    assert len(split.val_y) == 269
+    assert torch.equal(load_split(0.25, 0, 0.2).val_x, split.val_x)  # seeded
+    assert not torch.equal(load_split(0.25, 1, 0.2).val_x[:50], split.val_x[:50])
+    # the population's batches draw from the train split only; val_accuracy is on the validation images
+    exp = load("steps=3", *grid("[1.0]", '["fixed"]', "[0.9]", "[true]", "[1.0]", "[0]"))
+    task = Distill(exp, config.members(exp), CPU)
+    assert torch.equal(task.train_x, split.train_x) and torch.equal(task.val_x, split.val_x)
+    assert rows(task.batch(0).x[0]) <= rows(split.train_x)
+    s = make_student(0, exp.model.hidden)
+    with torch.no_grad():
+        expected = (s(split.val_x).argmax(1) == split.val_y).float().mean().item()
+    assert task.evaluate(task.params)["val_accuracy"][0].item() == pytest.approx(expected)
+
+
+def test_the_search_chooses_T_and_alpha_on_validation():
+    study = tomllib.loads((Path(__file__).parents[1] / "experiments" / "digits_kd_search.toml").read_text())
+    assert study["search"]["objective"] == "val_accuracy"
+    assert study["data"]["validation_fraction"] > 0
+
+
 def test_evaluation_is_at_T_equal_one():
     # members that differ only in T share their weights here, so evaluation must not depend on T
     exp = load("steps=1", *grid("[1.0, 16.0]", '["fixed"]', "[0.9]", "[true]", "[1.0]", "[2]"))
@@ -148,7 +181,7 @@ def test_evaluation_is_at_T_equal_one():
     for values in result.values():
         assert values[0] == values[1]
     student = make_student(2, exp.model.hidden)
-    teacher = load_teacher(exp.model.teacher, 0.25, 0)
+    teacher = load_teacher(exp.model.teacher, 0.25, 0, 0.2)
     with torch.no_grad():
         s, t = student(task.test_x), teacher.model(task.test_x)
     y = task.test_y
@@ -288,11 +321,21 @@ def test_tiny_full_sweep_through_the_cli(tmp_path):
     # 5 fixed T, and one cosine, linear and ctkd member, × 3 α × 2 T² settings × 3 fractions × 3 seeds
     assert len(members) == (5 + 3) * 3 * 2 * 3 * 3
     assert (members["status"] == "ok").all()
-    expected = {"accuracy", "agreement", "ece", "kl_teacher", "teacher_accuracy", "loss_soft", "grad_soft_params_init"}
+    expected = {
+        "accuracy",
+        "val_accuracy",
+        "agreement",
+        "ece",
+        "kl_teacher",
+        "teacher_accuracy",
+        "loss_soft",
+        "grad_soft_params_init",
+    }
     assert expected <= set(members.columns)
     assert members["teacher_accuracy"].nunique() == 1
     assert "teacher's gain over α = 0" in result.output
     assert "learned and scheduled T against the best fixed T" in result.output
+    assert "gain by T, and against T = 1" in result.output
 
 
 def test_help_says_what_alpha_weights():

@@ -104,7 +104,7 @@ def test_population_member_equals_its_reference_run(task, mode, pairs_file, tmp_
     exp, _ = config.load_experiment(name, [*COMMON, *overrides, f"sweep.tau_mode=['{mode}']"])
     (row,) = config.members(exp)
     if task == "distill":  # trained (in float32) and cached before the float64 runs load it
-        load_teacher(exp.model.teacher, exp.data.test_fraction, exp.data.split_seed)
+        load_teacher(exp.model.teacher, exp.data.test_fraction, exp.data.split_seed, exp.data.validation_fraction)
     with default_float64():
         population = engine.train_population(exp, [row], CPU)
         reference = train_reference(exp, row)

@@ -72,6 +72,7 @@ def test_second_load_reuses_the_file(cache, capsys):
         ({"seed": 1}, (0.25, 0)),
         ({}, (0.3, 0)),  # another split: the teacher must not have seen the students' test images
         ({}, (0.25, 1)),
+        ({}, (0.25, 0, 0.2)),  # a validation split: the teacher must not have seen those images either
     ],
 )
 def test_changed_definition_trains_a_new_teacher(cache, change, split):
@@ -105,3 +106,12 @@ def test_training_is_deterministic_and_learns(tmp_path):
     for pa, pb in zip(a.model.parameters(), b.model.parameters(), strict=True):
         assert torch.equal(pa, pb)
     assert a.test_accuracy == b.test_accuracy > 0.5  # ten classes: chance is 0.1
+
+
+def test_teacher_trains_on_the_students_train_split_only(cache, monkeypatch):
+    seen = []
+    train = teacher.train_teacher
+    monkeypatch.setattr(teacher, "train_teacher", lambda spec, x, y: seen.append(x) or train(spec, x, y))
+    load_teacher(TINY, 0.25, 0, 0.2)
+    split = teacher.load_split(0.25, 0, 0.2)
+    assert torch.equal(seen[0], split.train_x) and len(seen[0]) == 1347 - 269

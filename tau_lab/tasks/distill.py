@@ -11,6 +11,12 @@ the batch, the transfer set of Hinton et al.; the hard term only the labelled on
 stratified ``labeled_fraction`` of each class (at least one image), averaged over the labelled
 rows of the batch. Accuracy, ECE, agreement and KL are measured at T = 1, as at inference.
 
+Three stratified splits (``tau_lab.teacher.load_split``): test (``data.test_fraction`` of the
+digits), validation (``data.validation_fraction`` of the rest) and train. Students and teacher
+train on the train split only; ``val_accuracy`` is measured on the validation split, so that T and α
+can be chosen there (``tau_lab.analysis.distill``) and ``accuracy``, on the test split, reported
+for the chosen setting without having picked it.
+
 Members that share a seed share the student's initial weights, the labelled subset and the order
 of batches, so a sweep over T, α and t2_scaling is a paired comparison. The teacher (see
 ``tau_lab.teacher``) runs once per step on each seed's batch ``[S, B, 64]``, never per member.
@@ -28,17 +34,19 @@ from torch import Tensor, nn
 
 from tau_lab import metrics
 from tau_lab.checks import check_unit_interval
-from tau_lab.data.digits import load_digits
 from tau_lab.losses import KDLoss, kd_loss, scaled_cross_entropy
 from tau_lab.tasks import base, reference
 from tau_lab.tasks.base import Schema, StepResult, TaskBase, autograd_step, member_seeds
 from tau_lab.tasks.mlp import init_population, mlp, mlp_module, seeded
-from tau_lab.teacher import CLASSES, PIXELS, TeacherSpec, load_teacher
+from tau_lab.teacher import CLASSES, PIXELS, TeacherSpec, load_split, load_teacher
 
 
 class Data(Schema):
     test_fraction: float = Field(0.25, gt=0, lt=1, description="stratified test split of the 1797 digits")
-    split_seed: int = Field(0, description="seed of the train/test split (the teacher's too)")
+    validation_fraction: float = Field(
+        0.2, gt=0, lt=1, description="stratified share of the training images held out to choose T and α on"
+    )
+    split_seed: int = Field(0, description="seed of the train/validation/test split (the teacher's too)")
     batch_size: int = Field(128, gt=0)
 
 
@@ -136,8 +144,9 @@ class Distill(TaskBase):
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
         data, model = experiment.data, experiment.model
-        digits = load_digits(data.test_fraction, data.split_seed)
-        teacher = load_teacher(model.teacher, data.test_fraction, data.split_seed)
+        split = (data.test_fraction, data.split_seed, data.validation_fraction)
+        digits = load_split(*split)
+        teacher = load_teacher(model.teacher, *split)
         dtype = torch.get_default_dtype()  # float64 in the equivalence tests
         self.teacher = teacher.model.to(device, dtype)
         self.teacher_accuracy = teacher.test_accuracy
@@ -148,6 +157,7 @@ class Distill(TaskBase):
 
         self.train_x, self.train_y = digits.train_x.to(device, dtype), digits.train_y.to(device)
         self.test_x, self.test_y = digits.test_x.to(device, dtype), digits.test_y.to(device)
+        self.val_x, self.val_y = digits.val_x.to(device, dtype), digits.val_y.to(device)
         with torch.no_grad():
             self.test_teacher = self.teacher(self.test_x)  # [N_test, 10]
         drawn = [seed_data(s, digits.train_y, experiment.steps, data.batch_size) for s in seeds]
@@ -203,11 +213,14 @@ class Distill(TaskBase):
         return out
 
     def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
-        """On the test set, at T = 1: accuracy, ECE, agreement with the teacher's arg-max,
-        ``KL(teacher ‖ student)`` (batchmean), and the teacher's own accuracy. Each ``[K]``."""
+        """At T = 1. On the test set: accuracy, ECE, agreement with the teacher's arg-max,
+        ``KL(teacher ‖ student)`` (batchmean), and the teacher's own accuracy; on the validation set:
+        ``val_accuracy``, the one to choose T and α by. Each ``[K]``."""
         k = len(self.seed_row)
-        logits = student_logits(params, self.test_x.expand(k, -1, -1))  # [K, N, 10]
+        logits = student_logits(params, self.test_x.expand(k, -1, -1))  # [K, N_test, 10]
+        val_logits = student_logits(params, self.val_x.expand(k, -1, -1))  # [K, N_val, 10]
         return {
+            "val_accuracy": metrics.accuracy(val_logits, self.val_y),
             "accuracy": metrics.accuracy(logits, self.test_y),
             "ece": metrics.expected_calibration_error(logits, self.test_y),
             "agreement": (logits.argmax(-1) == self.test_teacher.argmax(-1)).float().mean(-1),
@@ -232,9 +245,10 @@ def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Refere
     run on every batch, the loss in seed 002's words (``F.kl_div`` · T², ``F.cross_entropy``). The baseline
     of ``benchmarks/bench_distill.py``."""
     data = experiment.data
-    digits = load_digits(data.test_fraction, data.split_seed)
+    split = (data.test_fraction, data.split_seed, data.validation_fraction)
+    digits = load_split(*split)  # the population's train split: the validation images never train
     dtype = torch.get_default_dtype()
-    teacher = load_teacher(experiment.model.teacher, data.test_fraction, data.split_seed).model.to(dtype)
+    teacher = load_teacher(experiment.model.teacher, *split).model.to(dtype)
     student = make_student(member["seed"], experiment.model.hidden)
     rank, index = seed_data(member["seed"], digits.train_y, experiment.steps, data.batch_size)
     labeled = labeled_mask(rank, digits.train_y, torch.tensor(member["labeled_fraction"], dtype=torch.float32))
