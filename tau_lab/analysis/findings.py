@@ -278,27 +278,38 @@ def _vanished_sentence(ok: pd.DataFrame, metrics: pd.DataFrame | None) -> str | 
 
 
 def _best_students(members: pd.DataFrame) -> list[str]:
-    """Per labelled fraction, the distillation setting with the best mean accuracy, paired against the others."""
+    """Per labelled fraction, the distillation setting with the best mean validation accuracy, paired against the
+    others on validation, and its test accuracy (a run without a validation split is compared on test, and says so).
+    """
     out = []
     ok = finished(members)
+    chosen_on = "val_accuracy" if "val_accuracy" in ok.columns else "accuracy"
     for fraction, part in ok.groupby("labeled_fraction", sort=True):
-        table = compare_to_best(part, "accuracy", distill.SETTING, False, LEVEL)
+        table = compare_to_best(part, chosen_on, distill.SETTING, False, LEVEL)
         final = _final_tau(part, distill.SETTING)
         best = table.iloc[0]
         t_text = where(best["tau_mode"], best["tau_init"], final.get(tuple(best[distill.SETTING])), "T")
         t2 = "with" if best["t2_scaling"] else "without"
         seeds = int(best["seeds"])
         where_best = f"{t_text}, α = {best['alpha']:g}, {t2} T²"
+        test = part.loc[(part[distill.SETTING] == best[distill.SETTING]).all(axis=1), "accuracy"]
         if seeds < 2:
             out.append(
                 f"Labelled fraction {fraction:g}: one seed, so no interval is possible and no student is called best "
-                f"(the highest accuracy, {number(best['mean'])}, is at {where_best})."
+                f"(the highest {chosen_on.replace('_', ' ')}, {number(best['mean'])}, is at {where_best})."
             )
             continue
-        head = (
-            f"Best student at labelled fraction {fraction:g}: accuracy {mean_sd(best['mean'], best['sd'], seeds)} "
-            f"(over {seeds} seeds) at {where_best}."
-        )
+        if chosen_on == "val_accuracy":
+            head = (
+                f"Best student at labelled fraction {fraction:g}, chosen on validation accuracy "
+                f"({mean_sd(best['mean'], best['sd'], seeds)}): test accuracy "
+                f"{mean_sd(test.mean(), test.std(), seeds)} (over {seeds} seeds) at {where_best}."
+            )
+        else:
+            head = (
+                f"Best student at labelled fraction {fraction:g} (this run has no validation split, so it is chosen "
+                f"on test): accuracy {mean_sd(best['mean'], best['sd'], seeds)} (over {seeds} seeds) at {where_best}."
+            )
         ties = tied(table)
         rest = paired_sentence(table.drop(ties.index), distill.SETTING, final, "T")
         edge = "" if len(ties) else _edge(part, best, "T")
