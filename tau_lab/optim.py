@@ -80,23 +80,30 @@ class Optimizer:
             self.state[k].copy_(v)
 
 
+def model_lr(opt: Any, member: dict[str, Any]) -> float:
+    """The learning rate of a member's model parameters: its own (the grid axis ``lr``), else ``optimizer.lr``."""
+    return member.get("lr") or opt.lr
+
+
 def tau_hyperparameters(opt: Any, member: dict[str, Any]) -> tuple[float, float]:
     """The learning rate and weight decay of a member's ``logit_scale``: the member's own (a grid axis
     ``tau_lr`` / ``tau_weight_decay``), else ``optimizer.tau_lr`` / ``optimizer.tau_weight_decay``, and the
-    learning rate falls back to ``optimizer.lr``."""
-    lr = member.get("tau_lr") or opt.tau_lr or opt.lr
+    learning rate falls back to the member's ``model_lr``."""
+    lr = member.get("tau_lr") or opt.tau_lr or model_lr(opt, member)
     weight_decay = member.get("tau_weight_decay")
     return lr, opt.tau_weight_decay if weight_decay is None else weight_decay
 
 
 def build_optimizer(opt: Any, params: dict[str, Tensor], members: list[dict[str, Any]]) -> Optimizer:
     """The population's optimizer over ``params`` (stacked ``[K, ...]``; ``logit_scale`` among them when the
-    temperature is trained): ``optimizer.lr`` and ``weight_decay`` for the task's parameters, each member's
-    ``tau_hyperparameters`` for ``logit_scale``."""
-    lr: dict[str, float | Tensor] = dict.fromkeys(params, opt.lr)
+    temperature is trained): each member's ``model_lr`` and ``optimizer.weight_decay`` for the task's parameters,
+    each member's ``tau_hyperparameters`` for ``logit_scale``."""
+    first = next(iter(params.values()))
+    per_member = {"dtype": first.dtype, "device": first.device}
+    model = torch.tensor([model_lr(opt, m) for m in members], **per_member) if any("lr" in m for m in members) else None
+    lr: dict[str, float | Tensor] = dict.fromkeys(params, opt.lr if model is None else model)
     weight_decay: dict[str, float | Tensor] = dict.fromkeys(params, opt.weight_decay)
     if "logit_scale" in params:
-        per_member = {"dtype": params["logit_scale"].dtype, "device": params["logit_scale"].device}
         tau_lr, tau_wd = zip(*(tau_hyperparameters(opt, m) for m in members), strict=True)
         lr["logit_scale"] = torch.tensor(tau_lr, **per_member)
         weight_decay["logit_scale"] = torch.tensor(tau_wd, **per_member)
@@ -108,7 +115,9 @@ def reference_optimizer(
 ) -> torch.optim.Optimizer:
     """The same policy for one member trained alone with ``torch.optim`` (``SGD`` or ``AdamW``): the
     ``logit_scale`` group, when given, with the member's ``tau_hyperparameters``."""
-    groups: list[dict[str, Any]] = [{"params": list(params), "weight_decay": opt.weight_decay}]
+    groups: list[dict[str, Any]] = [
+        {"params": list(params), "lr": model_lr(opt, member), "weight_decay": opt.weight_decay}
+    ]
     if logit_scale is not None:
         lr, weight_decay = tau_hyperparameters(opt, member)
         groups.append({"params": [logit_scale], "lr": lr, "weight_decay": weight_decay})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tomllib
+
 import pytest
 import torch
 from conftest import assert_population_matches_reference, default_float64
@@ -145,3 +147,16 @@ def test_the_python_api_runs_a_study_with_functions_passed_in(tmp_path):
     assert run.members.recall_a2b.between(0, 1).all()
     with pytest.raises(UserError, match="define it at the top level"):
         tau_lab.sweep(raw, model=lambda: Towers(), data=pairs, results=tmp_path)
+
+
+def test_a_learning_rate_axis_gives_each_member_its_own_rate_float64():
+    with default_float64():
+        sweep = {"tau": [0.1], "tau_mode": ["fixed", "learnable"], "seeds": [0], "lr": [0.003, 0.03]}
+        exp = _experiment(sweep=sweep)
+        rows = config.members(exp)
+        assert sorted({r["lr"] for r in rows}) == [0.003, 0.03]
+        assert tomllib.loads(config.dumps(exp))["sweep"]["lr"] == [0.003, 0.03]
+        assert_population_matches_reference(exp, train_reference, rtol=1e-9, atol=1e-12)
+        # the rate matters: the two rates end apart
+        out = engine.train_population(exp, rows, CPU)["params"]["a.0.weight"]
+        assert (out[0] - out[1]).abs().max() > 1e-3

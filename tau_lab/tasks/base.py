@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple, Protocol
+from typing import Annotated, Any, ClassVar, NamedTuple, Protocol
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from torch import Tensor, nn
 
 from tau_lab.checks import check_positive
@@ -35,6 +35,14 @@ class Sweep(Schema):
     tau: list[float] = Field([0.07], min_length=1)
     tau_mode: list[str] = Field(["fixed"], min_length=1)
     seeds: list[int] = Field([0], min_length=1)
+    lr: list[Annotated[float, Field(gt=0)]] | None = Field(
+        None, min_length=1, description="learning rate of the model's parameters, per member (the τ × lr interaction)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _only_given_axes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An axis left out is no axis: it is not in the grid, the members table or ``config.toml``."""
+        return {axis: values for axis, values in handler(self).items() if values is not None}
 
     @field_validator("tau")
     @classmethod

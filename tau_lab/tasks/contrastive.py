@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from tau_lab import metrics
@@ -43,11 +43,6 @@ class Sweep(BaseSweep):
     tau_weight_decay: list[Annotated[float, Field(ge=0)]] | None = Field(
         None, min_length=1, description="weight decay of a learnable τ's logit_scale, per member"
     )
-
-    @model_serializer(mode="wrap")
-    def _only_given_axes(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """An axis left out is no axis: it is not in the grid, the members table or ``config.toml``."""
-        return {axis: values for axis, values in handler(self).items() if values is not None}
 
 
 class DigitsData(Schema):
