@@ -1,9 +1,9 @@
-"""``make bench``: the population engine against seed 001's sequential loop, on the quadrants task.
+"""``make bench``: the population engine against the quadrants study's sequential loop, on the quadrants task.
 
 Everything is measured in this one process, on the CPU, in this run; every ratio is against the
 baseline measured here. Nothing is hard-coded but the step counts and the grids.
 
-- **baseline**: ``train_reference(exp, member)`` once per member, one after another (seed 001's
+- **baseline**: ``train_reference(exp, member)`` once per member, one after another (the blog post's
   ``nn.Module`` + ``torch.optim.SGD`` loop, one Python step at a time).
 - **population**: ``train_population(exp, rows, cpu)``, eager, and with ``--set compile=true``
   (first call, i.e. compile + run, and warm calls reported separately).
@@ -40,7 +40,7 @@ from tau_lab.tasks.quadrants import Quadrants, train_reference
 from tau_lab.temperature import Temperature
 
 CPU = torch.device("cpu")
-SEED_TAUS = "[0.99, 0.5, 0.05, 0.01, 0.001]"  # seed 001's five temperatures
+SEED_TAUS = "[0.99, 0.5, 0.05, 0.01, 0.001]"  # the quadrants study's five temperatures
 WARMUP_STEPS = 20
 
 

@@ -129,7 +129,7 @@ def info_nce(anchor: Tensor, candidates: Tensor, tau: float | Tensor, target: Te
 
     Args:
         anchor: ``[K, B, D]`` (or ``[B, D]``).
-        candidates: ``[K, B, N, D]``, each anchor its own candidates (seed 001: positive first,
+        candidates: ``[K, B, N, D]``, each anchor its own candidates (the quadrants study: positive first,
             then three negatives), or ``[K, N, D]`` shared by all anchors (a memory bank).
         tau: ``[K]`` or a number.
         target: index of the positive among the candidates, per anchor ``[K, B]`` / ``[B]`` or int.

@@ -6,7 +6,7 @@ Member k is a student ``s = W₂ relu(W₁ x + b₁) + b₂`` (``[B, 64] → [B,
 
 with ``t`` the teacher's logits, ``c_k = T_k²`` when ``t2_scaling`` else 1, and the distillation
 temperature T IS the member's τ (``sweep.tau``, ``tau_mode``; ``tau_init`` is T₀). α weights the
-distillation term, as in seed 002. The soft term (``tau_lab.losses.kd_loss``) sees every image of
+distillation term, as in Hinton et al. The soft term (``tau_lab.losses.kd_loss``) sees every image of
 the batch, the transfer set of Hinton et al.; the hard term only the labelled ones: per seed, a
 stratified ``labeled_fraction`` of each class (at least one image), averaged over the labelled
 rows of the batch. Accuracy, ECE, agreement and KL are measured at T = 1, as at inference.
@@ -57,7 +57,7 @@ class Model(Schema):
 
 class Sweep(base.Sweep):
     alpha: list[float] = Field(
-        [0.9], min_length=1, description="α weights the distillation term: loss = α·T²·KL + (1 − α)·CE (seed 002)"
+        [0.9], min_length=1, description="α weights the distillation term: loss = α·T²·KL + (1 − α)·CE (Hinton et al.)"
     )
     t2_scaling: list[bool] = Field([True], min_length=1, description="multiply the soft term by T² (Hinton et al.)")
     labeled_fraction: list[float] = Field(
@@ -242,7 +242,7 @@ class Distill(TaskBase):
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
     """One member trained alone, as a user writes it: ``nn.Module`` student, ``torch.optim``, the teacher
-    run on every batch, the loss in seed 002's words (``F.kl_div`` · T², ``F.cross_entropy``). The baseline
+    run on every batch, the loss as a plain script writes it (``F.kl_div`` · T², ``F.cross_entropy``). The baseline
     of ``benchmarks/bench_distill.py``."""
     data = experiment.data
     split = (data.test_fraction, data.split_seed, data.validation_fraction)
