@@ -122,12 +122,8 @@ def test_cuda_without_a_device_is_a_clear_error(tmp_path):
     from tau_lab import engine
 
     if not torch.cuda.is_available():
-        try:
+        with pytest.raises(UserError, match="no CUDA device is available"):
             engine.resolve_device("cuda")
-        except UserError:
-            pass
-        except ValueError:
-            pytest.xfail("engine.resolve_device raises a plain ValueError: the engine's change to UserError is pending")
     result = run("sweep", "quadrants", "--steps", "2", "--device", "cuda", "--results", str(tmp_path), "--quiet")
     if torch.cuda.is_available():
         assert result.exit_code == 0
