@@ -186,10 +186,6 @@ def run_files(config_toml: str, device: torch.device) -> dict[str, str]:
     return {"config.toml": config_toml, "env.json": json.dumps(environment(device), indent=2) + "\n"}
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def read_metrics(run_dir: Path) -> pd.DataFrame:
     """The long metrics table (member, step, metric, value) of a run, finished or still training.
 
