@@ -82,7 +82,7 @@ def summary(times: list[float], members: int, steps: int) -> dict[str, Any]:
 
 
 def baseline_runner(experiment: config.Experiment, rows: list[dict[str, Any]]) -> Callable[[], Any]:
-    """Seed 001's sequential loop: ``train_reference`` for each member in turn (warmed up first)."""
+    """The quadrants study's sequential loop: ``train_reference`` for each member in turn (warmed up first)."""
     train_reference(with_steps(experiment, WARMUP_STEPS), rows[0])
     return lambda: [train_reference(experiment, row) for row in rows]
 
@@ -101,7 +101,7 @@ def first_call(experiment: config.Experiment, rows: list[dict[str, Any]]) -> flo
 
 
 def study_runner(experiment: config.Experiment) -> Callable[[], Any]:
-    """Seed 001's full study end to end: ``run_sweep`` (as ``tau-lab sweep quadrants``) into a temp dir."""
+    """The quadrants study end to end: ``run_sweep`` (as ``tau-lab sweep quadrants``) into a temp dir."""
 
     def run() -> None:
         with tempfile.TemporaryDirectory() as root:
@@ -300,7 +300,7 @@ def report(res: dict[str, Any]) -> None:
     st = res["study"]
     pop, base = st["population"], st["baseline"]
     estimate = st["baseline_seconds_for_study"]
-    print(f"\n== Seed 001's full study: {pop['members']} members (5 τ × fixed/learnable), {pop['steps']:,} steps ==")
+    print(f"\n== The quadrants study: {pop['members']} members (5 τ × fixed/learnable), {pop['steps']:,} steps ==")
     how = "measured" if base["steps"] == pop["steps"] else "estimated"
     print_table(
         ["variant", "wall (s)", "member-steps/s", "vs baseline"],
