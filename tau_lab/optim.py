@@ -4,6 +4,8 @@ The updates are elementwise, so one update of a stack equals K separate updates,
 ``torch.optim.SGD`` (L2 weight decay) and ``torch.optim.AdamW`` (decoupled weight decay)
 exactly. Members masked out of a parameter's update (diverged, pruned, or a fixed temperature)
 are left untouched there, their optimizer state included.
+
+Weight decay applies to a task's parameters except those in ``NO_WEIGHT_DECAY``, which never decay.
 """
 
 from __future__ import annotations
@@ -13,6 +15,11 @@ from typing import Any
 
 import torch
 from torch import Tensor
+
+# SigLIP's learnable bias b (``logit_bias [K]``): open_clip keeps it out of weight decay, as it does every 1-D
+# parameter, so that decay does not pull b from its −10 start towards 0. tau-lab exempts only this loss
+# parameter; the towers' layer biases keep ``optimizer.weight_decay`` as before (results stay comparable).
+NO_WEIGHT_DECAY = frozenset({"logit_bias"})
 
 
 def _per_member(value: float | Tensor, like: Tensor) -> float | Tensor:
@@ -96,13 +103,13 @@ def tau_hyperparameters(opt: Any, member: dict[str, Any]) -> tuple[float, float]
 
 def build_optimizer(opt: Any, params: dict[str, Tensor], members: list[dict[str, Any]]) -> Optimizer:
     """The population's optimizer over ``params`` (stacked ``[K, ...]``; ``logit_scale`` among them when the
-    temperature is trained): each member's ``model_lr`` and ``optimizer.weight_decay`` for the task's parameters,
-    each member's ``tau_hyperparameters`` for ``logit_scale``."""
+    temperature is trained): each member's ``model_lr`` and ``optimizer.weight_decay`` for the task's parameters
+    (no decay for ``NO_WEIGHT_DECAY``), each member's ``tau_hyperparameters`` for ``logit_scale``."""
     first = next(iter(params.values()))
     per_member = {"dtype": first.dtype, "device": first.device}
     model = torch.tensor([model_lr(opt, m) for m in members], **per_member) if any("lr" in m for m in members) else None
     lr: dict[str, float | Tensor] = dict.fromkeys(params, opt.lr if model is None else model)
-    weight_decay: dict[str, float | Tensor] = dict.fromkeys(params, opt.weight_decay)
+    weight_decay: dict[str, float | Tensor] = {n: 0.0 if n in NO_WEIGHT_DECAY else opt.weight_decay for n in params}
     if "logit_scale" in params:
         tau_lr, tau_wd = zip(*(tau_hyperparameters(opt, m) for m in members), strict=True)
         lr["logit_scale"] = torch.tensor(tau_lr, **per_member)
@@ -111,13 +118,22 @@ def build_optimizer(opt: Any, params: dict[str, Tensor], members: list[dict[str,
 
 
 def reference_optimizer(
-    opt: Any, params: Iterable[Tensor], logit_scale: Tensor | None, member: dict[str, Any]
+    opt: Any, params: Iterable[tuple[str, Tensor]], logit_scale: Tensor | None, member: dict[str, Any]
 ) -> torch.optim.Optimizer:
-    """The same policy for one member trained alone with ``torch.optim`` (``SGD`` or ``AdamW``): the
+    """The same policy for one member trained alone with ``torch.optim`` (``SGD`` or ``AdamW``) over the
+    module's ``named_parameters()``: the ``NO_WEIGHT_DECAY`` ones in a group without decay, and the
     ``logit_scale`` group, when given, with the member's ``tau_hyperparameters``."""
+    named = list(params)
     groups: list[dict[str, Any]] = [
-        {"params": list(params), "lr": model_lr(opt, member), "weight_decay": opt.weight_decay}
+        {
+            "params": [p for n, p in named if n not in NO_WEIGHT_DECAY],
+            "lr": model_lr(opt, member),
+            "weight_decay": opt.weight_decay,
+        }
     ]
+    exempt = [p for n, p in named if n in NO_WEIGHT_DECAY]
+    if exempt:
+        groups.append({"params": exempt, "lr": model_lr(opt, member), "weight_decay": 0.0})
     if logit_scale is not None:
         lr, weight_decay = tau_hyperparameters(opt, member)
         groups.append({"params": [logit_scale], "lr": lr, "weight_decay": weight_decay})

@@ -77,8 +77,8 @@ def _experiment(**changes) -> config.Experiment:
     return config.validate(raw, "test")
 
 
-@pytest.mark.parametrize("loss", ["clip", "nt_xent", "info_nce"])
-def test_member_reproduces_standalone_training_float64(loss):
+@pytest.mark.parametrize("loss", ["clip", "nt_xent", "info_nce", "siglip"])
+def test_member_reproduces_standalone_training_float64(loss):  # siglip: logit_bias too, without weight decay
     with default_float64():
         exp = _experiment(model={**RAW["model"], "loss": loss})
         assert_population_matches_reference(exp, train_reference, rtol=1e-9, atol=1e-12)

@@ -47,10 +47,18 @@ TASKS = {
         clip.train_reference,
         {},
     ),
+    # SigLIP's sigmoid loss with its learnable bias (a parameter of both, compared like the towers')
+    "clip_siglip": (
+        "digits_clip",
+        [*DIGITS, "model.width=8", "sweep.caption_noise=[0.2]", "sweep.objective=['siglip']"],
+        clip.train_reference,
+        {},
+    ),
     "pairs_clip": (None, ["model.loss='clip'", "model.hidden=6"], pairs.train_reference, {}),
     "pairs_info_nce": (None, ["model.loss='info_nce'"], pairs.train_reference, {}),
     # any nn.Module through torch.func: the towers of tests/test_module_task.py, NT-Xent over both sides
     "module": ("module.toml", ["model.loss='nt_xent'"], module.train_reference, {}),
+    "module_siglip": ("module.toml", ["model.loss='siglip'"], module.train_reference, {}),
     "distill": (
         "digits_kd",
         [

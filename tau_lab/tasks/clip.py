@@ -6,7 +6,16 @@ digit (``tau_lab.data.captions``): ``"a handwritten seven"``, ``"the number 7"``
 
     image:  x [K, B, 64]  → MLP 64 → hidden → width, ReLU → Linear width → D (no bias)  → u
     text:   bag [K, B, V] → bag @ E (E [V, width], an embedding bag) → Linear width → D   → v
-    L = clip_loss(u, v; τ) = ½ (CE(û v̂ᵀ / τ, arange B) + CE(v̂ ûᵀ / τ, arange B))
+    L = clip_loss(u, v; τ) = ½ (CE(û v̂ᵀ / τ, arange B) + CE(v̂ ûᵀ / τ, arange B))          (objective = "clip")
+    L = siglip(u, v; τ, b) = −(1/B) Σ_ij log σ(z_ij (û_i·v̂_j / τ + b)), z_ii = 1, z_ij = −1   (objective = "siglip")
+
+The grid axis ``objective`` (``["clip", "siglip"]``; ``loss`` names the logged training loss) puts both in
+one population: members of a seed share their initial towers and their batches whatever their loss, so CLIP
+and SigLIP are compared pair by pair. Every member carries SigLIP's learnable bias ``logit_bias [K]`` (from
+``model.bias_init``, −10 as in Zhai et al. 2023), trained with the towers and without weight decay
+(``optim.NO_WEIGHT_DECAY``); it gets no gradient in CLIP members, which never read it. SigLIP's learnable
+temperature ``t' = log 10`` is tau-lab's ``tau_mode = "learnable"`` from ``τ = 0.1``: ``logit_scale = ln(1/τ)
+= t'``. ``logit_bias`` is logged at every logging step (NaN for CLIP members).
 
 Captions of the same digit are interchangeable, so in a batch of B pairs every other caption of the
 image's digit is a *false negative*; ``false_negative_rate`` reports their share of the negatives and
@@ -29,7 +38,7 @@ Evaluation on the held-out split, each test image with one noise-free caption:
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +62,7 @@ class Model(Schema):
     hidden: int = Field(128, ge=1, description="width of the image tower's hidden layer")
     width: int = Field(64, ge=1, description="width of both towers' features (and of the word embeddings)")
     embed_dim: int = Field(32, ge=1, description="width of the joint embedding space")
+    bias_init: float = Field(-10.0, allow_inf_nan=False, description="initial logit_bias of SigLIP members")
 
 
 class Sweep(contrastive.Sweep):
@@ -62,17 +72,23 @@ class Sweep(contrastive.Sweep):
     mask_false_negatives: list[bool] = Field(
         [False], min_length=1, description="drop same-digit captions (images) from each image's (caption's) negatives"
     )
+    # not "loss": that names the logged training loss, a column of the same members table
+    objective: list[Literal["clip", "siglip"]] = Field(
+        ["clip"], min_length=1, description="the loss: CLIP's softmax or SigLIP's sigmoid with a learnable bias"
+    )
 
 
 class MiniCLIP(nn.Module):
-    """One member as a module: ``encode_image`` and ``encode_text`` as the population computes them."""
+    """One member as a module: ``encode_image`` and ``encode_text`` as the population computes them, and
+    SigLIP's bias ``logit_bias`` (a 0-d parameter, as open_clip's ``CLIP(init_logit_bias=...)`` holds it)."""
 
-    def __init__(self, vocab_size: int, hidden: int, width: int, embed_dim: int) -> None:
+    def __init__(self, vocab_size: int, hidden: int, width: int, embed_dim: int, bias_init: float = -10.0) -> None:
         super().__init__()
         self.image = mlp_module([PIXELS, hidden, width])
         self.image_projection = nn.Linear(width, embed_dim, bias=False)
         self.text = nn.Embedding(vocab_size, width)
         self.text_projection = nn.Linear(width, embed_dim, bias=False)
+        self.logit_bias = nn.Parameter(torch.tensor(float(bias_init)))  # draws nothing: the towers' init is unchanged
 
     def encode_image(self, x: Tensor) -> Tensor:
         return self.image_projection(F.relu(self.image(x)))
@@ -119,6 +135,26 @@ def clip_loss_excluding(image: Tensor, text: Tensor, tau: Tensor, exclude: Tenso
     return (image_to_text + text_to_image) / 2
 
 
+def siglip_loss_excluding(image: Tensor, text: Tensor, tau: Tensor, bias: Tensor, exclude: Tensor) -> Tensor:
+    """SigLIP's pairwise sigmoid loss with some pairs left out of the sum: ``[K]``.
+
+    With ``ℓ_ij = û_i·v̂_j / τ + b`` and ``z_ij = +1`` on the diagonal, ``−1`` elsewhere,
+
+        L = −(1/B) Σ_{(i,j) ∉ E} log σ(z_ij ℓ_ij),
+
+    ``losses.siglip_loss`` when ``E`` is empty (the divisor stays B: a left-out pair contributes 0).
+
+    Args:
+        image, text: ``[K, B, D]``, paired row by row.
+        tau, bias: ``[K]``.
+        exclude: ``[K, B, B]`` bool, pairs left out of the sum; the diagonal must be ``False``.
+    """
+    u, v = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+    logits = u @ v.transpose(1, 2) / tau[:, None, None] + bias[:, None, None]
+    signs = 2 * torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device) - 1
+    return -F.logsigmoid(signs * logits).masked_fill(exclude, 0.0).sum((1, 2)) / logits.shape[-1]
+
+
 class Batch(NamedTuple):
     """A step's inputs for every member."""
 
@@ -144,6 +180,8 @@ class CLIP(contrastive.ContrastiveTask):
         noise = torch.tensor([m["caption_noise"] for m in members], device=device)
         self.caption_digit, self.caption_bag = self._captions(noise)  # [K, N_train], [K, N_train, V]
         self.mask = torch.tensor([m["mask_false_negatives"] for m in members], device=device)  # [K]
+        self.losses = [m["objective"] for m in members]
+        self.siglip = torch.tensor([loss == "siglip" for loss in self.losses], device=device)  # [K]
         g = torch.Generator(device).manual_seed(self.data.split_seed)
         test = captions.draw_captions(len(self.test_y), g)
         self.test_bags = self.bags[test.template, self.test_y, test.synonym]  # [N_test, V]
@@ -177,18 +215,32 @@ class CLIP(contrastive.ContrastiveTask):
         return Batch(self.train_x[idx], bags, image_digit[:, :, None] == caption_digit[:, None, :])
 
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: Batch) -> StepResult:
-        """The CLIP loss and its gradients by autograd; the image→text similarities with each image's own
-        caption first, ``[K, B, B]``, for the hardness metrics.
+        """Each member's loss (CLIP or SigLIP) and its gradients by autograd; the image→text similarities with
+        each image's own caption first, ``[K, B, B]``, for the hardness metrics.
 
         Members with ``mask_false_negatives`` leave the batch's same-digit pairs out of the loss
-        (``clip_loss_excluding``); for the others nothing is excluded: ``losses.clip_loss``'s formula.
+        (``clip_loss_excluding``, ``siglip_loss_excluding``); for the others nothing is excluded.
+
+        A population that mixes the losses computes both for every member and keeps each member's own with
+        ``torch.where``, rather than splitting the members by index: the extra work is the B × B elementwise
+        part of one loss (the towers and their [K, B, D] outputs are shared), the step keeps one fixed-shape
+        graph (``torch.compile(dynamic=False)``, no gather and scatter of members), and ``where``'s backward
+        gives the branch a member does not use an exact zero, so a CLIP member's gradients are those of a
+        CLIP-only population. A population of one loss computes that loss alone.
         """
         eye = torch.eye(len(batch.same[0]), dtype=torch.bool, device=self.device)
         exclude = batch.same & ~eye & self.mask[:, None, None]
+        uses = set(self.losses)
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
             u, v = encode_image(p, batch.images), encode_text(p, batch.bags)
-            return clip_loss_excluding(u, v, t, exclude), self.similarities(u, v)
+            sims = self.similarities(u, v)
+            if uses == {"clip"}:
+                return clip_loss_excluding(u, v, t, exclude), sims
+            siglip = siglip_loss_excluding(u, v, t, p["logit_bias"], exclude)
+            if uses == {"siglip"}:
+                return siglip, sims
+            return torch.where(self.siglip, siglip, clip_loss_excluding(u, v, t, exclude)), sims
 
         return autograd_step(loss_fn, params, tau)
 
@@ -198,14 +250,17 @@ class CLIP(contrastive.ContrastiveTask):
         - ``false_negative_rate``: the share of an image's B − 1 negative captions that name its digit;
         - ``false_negative_mass``: the weight ``softmax(s/τ)`` of an image's row (its caption and the B − 1
           others, none masked) puts on those captions, averaged over the images
-          (``contrastive.false_negative_mass``).
+          (``contrastive.false_negative_mass``); for SigLIP members too, which have no softmax: there it
+          reads where the embedding puts those captions relative to the others, not a weight of the loss;
+        - ``logit_bias``: SigLIP's bias ``b``; NaN for CLIP members (they have none).
         """
         batch = self.batch(step)
         b = batch.same.shape[1]
         negatives = batch.same.sum((1, 2)) - batch.same.diagonal(dim1=1, dim2=2).sum(1)
         sims = self.similarities(encode_image(params, batch.images), encode_text(params, batch.bags))
         mass = contrastive.false_negative_mass(sims, self.positive_first(batch.same), tau)
-        return {"false_negative_rate": negatives / (b * (b - 1)), "false_negative_mass": mass}
+        bias = torch.where(self.siglip, params["logit_bias"], torch.nan)
+        return {"false_negative_rate": negatives / (b * (b - 1)), "false_negative_mass": mass, "logit_bias": bias}
 
     def _classes(self, params: dict[str, Tensor], prompts: Tensor) -> Tensor:
         """Class embeddings ``[K, 10, D]``: the mean of the normalised prompt embeddings, renormalised."""
@@ -247,8 +302,11 @@ class CLIP(contrastive.ContrastiveTask):
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
     """One member trained alone: a ``MiniCLIP`` and ``torch.optim`` on the member's own pairs, with the loss
-    as CLIP's paper writes it (``logits = û v̂ᵀ / τ``, the mean of the row and column cross-entropies); with
-    ``mask_false_negatives``, the same-digit pairs other than the diagonal masked to −∞ after the division."""
+    as its paper writes it: CLIP's (``logits = û v̂ᵀ / τ``, the mean of the row and column cross-entropies)
+    or SigLIP's (``logits = û v̂ᵀ / τ + b``, ``labels = 2 I − 1``, ``−Σ log σ(labels · logits) / B``). With
+    ``mask_false_negatives``, the same-digit pairs other than the diagonal are masked to −∞ after the division
+    (CLIP) or dropped from the sum (SigLIP). The module's ``logit_bias`` is an unused parameter of a CLIP
+    member (``torch.optim`` skips it: it has no gradient)."""
     task = CLIP(experiment, [member], torch.device("cpu"))
     model = seeded(member["seed"], lambda: MiniCLIP(len(task.vocab), **experiment.model.model_dump()))
     labels = torch.arange(task.batch_size)
@@ -258,8 +316,12 @@ def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Refere
         u = F.normalize(net.encode_image(images), dim=-1)
         v = F.normalize(net.encode_text(bags), dim=-1)
         logits = u @ v.T / tau
-        if member["mask_false_negatives"]:
-            logits = logits.masked_fill(same & (labels[:, None] != labels), float("-inf"))
+        excluded = same & (labels[:, None] != labels) if member["mask_false_negatives"] else torch.zeros_like(same)
+        if member["objective"] == "siglip":
+            signs = 2 * torch.eye(len(labels), dtype=logits.dtype) - 1
+            pairs = F.logsigmoid(signs * (logits + net.logit_bias))
+            return -pairs[~excluded].sum() / len(labels)
+        logits = logits.masked_fill(excluded, float("-inf"))
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
     return reference.train_reference(experiment, member, model, loss_fn)

@@ -13,10 +13,15 @@ member's forward in a single batched call:
 
     u, v = vmap(functional_call(module, ·, (a_k, b_k)))(params, a, b)      [K, B, D] each
     L = clip_loss(u, v; τ) | nt_xent(u, v; τ) | info_nce(u → v; τ)          [K]
+      | siglip_loss(u, v; τ, b)
 
-and autograd gives every member's gradient at once. A module with buffers (BatchNorm's running
-statistics) is refused: members would need their own running statistics, and ``vmap`` cannot update them
-in place. ``nn.GroupNorm``/``nn.LayerNorm``, or ``BatchNorm(track_running_stats=False)``, work.
+and autograd gives every member's gradient at once. With ``loss = "siglip"`` every member also has SigLIP's
+learnable bias ``logit_bias [K]`` (from ``model.bias_init``), a parameter of the task beside the module's own
+(trained with them, without weight decay: ``optim.NO_WEIGHT_DECAY``) and logged as a metric.
+
+A module with buffers (BatchNorm's running statistics) is refused: members would need their own running
+statistics, and ``vmap`` cannot update them in place. ``nn.GroupNorm``/``nn.LayerNorm``, or
+``BatchNorm(track_running_stats=False)``, work.
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ from tau_lab.errors import UserError
 from tau_lab.tasks import contrastive, reference
 from tau_lab.tasks.base import Schema, StepResult, autograd_step, stack_modules
 from tau_lab.tasks.mlp import seeded
+
+BIAS = "logit_bias"  # SigLIP's bias: a task parameter [K] beside the module's own
 
 
 @functools.cache
@@ -106,7 +113,8 @@ class Data(Schema):
 class Model(Schema):
     factory: str = Field(description="'package.module:function' returning an nn.Module with forward(a, b) -> (u, v)")
     kwargs: dict[str, Any] = Field({}, description="keyword arguments of the factory")
-    loss: Literal["clip", "nt_xent", "info_nce"] = Field("clip", description="the loss of u and v")
+    loss: Literal["clip", "nt_xent", "info_nce", "siglip"] = Field("clip", description="the loss of u and v")
+    bias_init: float = Field(-10.0, allow_inf_nan=False, description="initial logit_bias (loss = 'siglip')")
 
 
 def load_data(data: Data) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -149,7 +157,16 @@ class ModuleTask(contrastive.ContrastiveTask):
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
         super().__init__(experiment, members, device)
-        self.populate(experiment.model.loss, *load_data(self.data), lambda seed: build_module(experiment.model, seed))
+        model = experiment.model
+        self.populate(model.loss, *load_data(self.data), lambda seed: build_module(model, seed))
+        if model.loss == "siglip":
+            if BIAS in self.params:
+                raise UserError(
+                    f"model.factory = {model.factory!r}: the module has a parameter named {BIAS!r}, the name of "
+                    "SigLIP's bias: rename it"
+                )
+            dtype = torch.get_default_dtype()
+            self.params[BIAS] = torch.full((len(self.seed_row),), model.bias_init, dtype=dtype, device=device)
 
     def populate(
         self, loss: str, a: Tensor, b: Tensor, labels: Tensor | None, build: Callable[[int], nn.Module]
@@ -173,8 +190,9 @@ class ModuleTask(contrastive.ContrastiveTask):
         self.columns = losses.positive_first(self.batch_size, views=False, device=device)
 
     def _forward(self, params: dict[str, Tensor], a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-        """Every member's ``(u, v)``, ``[K, B, D]`` each, in one vmapped call."""
-        return vmap(lambda p, x, y: functional_call(self.module, p, (x, y)))(params, a, b)
+        """Every member's ``(u, v)``, ``[K, B, D]`` each, in one vmapped call (the module's parameters only)."""
+        own = {name: p for name, p in params.items() if name != BIAS}
+        return vmap(lambda p, x, y: functional_call(self.module, p, (x, y)))(own, a, b)
 
     def batch(self, step: int) -> tuple[Tensor, Tensor]:
         """Every member's training pairs ``[K, B, ...]``: drawn once per seed, from the seed's stream at ``step``."""
@@ -191,9 +209,15 @@ class ModuleTask(contrastive.ContrastiveTask):
                 return losses.clip_loss(u, v, t), sims
             if self.loss == "nt_xent":
                 return losses.nt_xent(u, v, t), sims
+            if self.loss == "siglip":
+                return losses.siglip_loss(u, v, t, p[BIAS]), sims
             return losses.info_nce(u, v, t, target=torch.arange(u.shape[1], device=u.device)), sims
 
         return autograd_step(loss_fn, params, tau)
+
+    def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
+        """SigLIP's bias ``logit_bias`` ``[K]`` at logging steps (nothing for the other losses)."""
+        return {BIAS: params[BIAS]} if self.loss == "siglip" else {}
 
     def _test(self, params: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         k = len(self.seed_row)
@@ -227,7 +251,8 @@ def paired_reference(
     task: ModuleTask, experiment: Any, member: dict[str, Any], model: nn.Module
 ) -> reference.Reference:
     """One member trained alone: ``model`` and ``torch.optim`` on the member's batches of ``task``, the loss
-    written as a training script writes it (``F.cross_entropy`` of ``s/τ``), not with ``tau_lab.losses``."""
+    written as a training script writes it (``F.cross_entropy`` of ``s/τ``; SigLIP's ``−Σ log σ(z · (s/τ + b))
+    / B`` with ``model.logit_bias``), not with ``tau_lab.losses``."""
     n = task.batch_size
     target, self_pairs, twins = torch.arange(n), torch.eye(2 * n, dtype=torch.bool), torch.arange(2 * n).roll(n)
 
@@ -238,6 +263,8 @@ def paired_reference(
             z = torch.cat([u, v])
             return F.cross_entropy((z @ z.T / tau).masked_fill(self_pairs, float("-inf")), twins)
         logits = u @ v.T / tau
+        if task.loss == "siglip":
+            return -F.logsigmoid((2 * torch.eye(n) - 1) * (logits + net.logit_bias)).sum() / n
         if task.loss == "info_nce":
             return F.cross_entropy(logits, target)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
@@ -246,6 +273,10 @@ def paired_reference(
 
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
-    """One member of ``task = "module"`` trained alone (``paired_reference``)."""
+    """One member of ``task = "module"`` trained alone (``paired_reference``); with SigLIP, its bias a
+    parameter ``logit_bias`` of the module, as open_clip's ``CLIP`` holds it."""
     task = ModuleTask(experiment, [member], torch.device("cpu"))
-    return paired_reference(task, experiment, member, build_module(experiment.model, member["seed"]))
+    model = build_module(experiment.model, member["seed"])
+    if experiment.model.loss == "siglip":
+        model.register_parameter(BIAS, nn.Parameter(torch.tensor(experiment.model.bias_init)))
+    return paired_reference(task, experiment, member, model)

@@ -41,7 +41,7 @@ def train_reference(
     t = experiment.temperature
     temperature = Temperature([member["tau_init"]], member["tau_mode"], t.tau_min, t.tau_max, t.period)
     trained = temperature.logit_scale if bool(temperature.learnable[0]) else None
-    optimizer = reference_optimizer(experiment.optimizer, model.parameters(), trained, member)
+    optimizer = reference_optimizer(experiment.optimizer, model.named_parameters(), trained, member)
     losses = []
     for step in range(experiment.steps):
         loss = loss_fn(model, temperature(step)[0], step)
