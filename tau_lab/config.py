@@ -44,6 +44,7 @@ class Optimizer(_Strict):
     eps: float = Field(1e-8, gt=0)
     tau_lr: float | None = Field(None, gt=0, description="learning rate of logit_scale (default: lr)")
     tau_weight_decay: float = Field(0.0, ge=0, description="weight decay of logit_scale (default: none)")
+    bias_lr: float | None = Field(None, gt=0, description="learning rate of SigLIP's logit_bias (default: lr)")
 
 
 class TemperatureSettings(_Strict):

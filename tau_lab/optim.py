@@ -5,7 +5,8 @@ The updates are elementwise, so one update of a stack equals K separate updates,
 exactly. Members masked out of a parameter's update (diverged, pruned, or a fixed temperature)
 are left untouched there, their optimizer state included.
 
-Weight decay applies to a task's parameters except those in ``NO_WEIGHT_DECAY``, which never decay.
+SigLIP's bias (``BIAS``) is the one task parameter with a policy of its own: no weight decay, and the learning
+rate ``optimizer.bias_lr`` (``bias_hyperparameters``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 # SigLIP's learnable bias b (``logit_bias [K]``): open_clip keeps it out of weight decay, as it does every 1-D
 # parameter, so that decay does not pull b from its −10 start towards 0. tau-lab exempts only this loss
 # parameter; the towers' layer biases keep ``optimizer.weight_decay`` as before (results stay comparable).
-NO_WEIGHT_DECAY = frozenset({"logit_bias"})
+BIAS = "logit_bias"
 
 
 def _per_member(value: float | Tensor, like: Tensor) -> float | Tensor:
@@ -101,19 +102,29 @@ def tau_hyperparameters(opt: Any, member: dict[str, Any]) -> tuple[float, float]
     return lr, opt.tau_weight_decay if weight_decay is None else weight_decay
 
 
+def bias_hyperparameters(opt: Any, member: dict[str, Any]) -> tuple[float, float]:
+    """The learning rate and weight decay of a member's ``BIAS``: ``optimizer.bias_lr``, else the member's
+    ``model_lr`` (open_clip trains it at the model's rate); never any decay.
+
+    An AdamW step moves b by about its learning rate at most, so from −10 b needs ``|b* + 10| / lr`` steps to
+    reach its value ``b*``: a short run may want a larger ``bias_lr``."""
+    return opt.bias_lr or model_lr(opt, member), 0.0
+
+
 def build_optimizer(opt: Any, params: dict[str, Tensor], members: list[dict[str, Any]]) -> Optimizer:
     """The population's optimizer over ``params`` (stacked ``[K, ...]``; ``logit_scale`` among them when the
     temperature is trained): each member's ``model_lr`` and ``optimizer.weight_decay`` for the task's parameters
-    (no decay for ``NO_WEIGHT_DECAY``), each member's ``tau_hyperparameters`` for ``logit_scale``."""
+    (``bias_hyperparameters`` for ``BIAS``), each member's ``tau_hyperparameters`` for ``logit_scale``."""
     first = next(iter(params.values()))
     per_member = {"dtype": first.dtype, "device": first.device}
     model = torch.tensor([model_lr(opt, m) for m in members], **per_member) if any("lr" in m for m in members) else None
     lr: dict[str, float | Tensor] = dict.fromkeys(params, opt.lr if model is None else model)
-    weight_decay: dict[str, float | Tensor] = {n: 0.0 if n in NO_WEIGHT_DECAY else opt.weight_decay for n in params}
-    if "logit_scale" in params:
-        tau_lr, tau_wd = zip(*(tau_hyperparameters(opt, m) for m in members), strict=True)
-        lr["logit_scale"] = torch.tensor(tau_lr, **per_member)
-        weight_decay["logit_scale"] = torch.tensor(tau_wd, **per_member)
+    weight_decay: dict[str, float | Tensor] = dict.fromkeys(params, opt.weight_decay)
+    for name, hyperparameters in ((BIAS, bias_hyperparameters), ("logit_scale", tau_hyperparameters)):
+        if name in params:
+            own_lr, own_wd = zip(*(hyperparameters(opt, m) for m in members), strict=True)
+            lr[name] = torch.tensor(own_lr, **per_member)
+            weight_decay[name] = torch.tensor(own_wd, **per_member)
     return Optimizer(opt.name, params, lr, weight_decay, opt.betas, opt.eps)
 
 
@@ -121,19 +132,19 @@ def reference_optimizer(
     opt: Any, params: Iterable[tuple[str, Tensor]], logit_scale: Tensor | None, member: dict[str, Any]
 ) -> torch.optim.Optimizer:
     """The same policy for one member trained alone with ``torch.optim`` (``SGD`` or ``AdamW``) over the
-    module's ``named_parameters()``: the ``NO_WEIGHT_DECAY`` ones in a group without decay, and the
+    module's ``named_parameters()``: ``BIAS`` in a group with the member's ``bias_hyperparameters``, and the
     ``logit_scale`` group, when given, with the member's ``tau_hyperparameters``."""
-    named = list(params)
+    named = dict(params)
     groups: list[dict[str, Any]] = [
         {
-            "params": [p for n, p in named if n not in NO_WEIGHT_DECAY],
+            "params": [p for n, p in named.items() if n != BIAS],
             "lr": model_lr(opt, member),
             "weight_decay": opt.weight_decay,
         }
     ]
-    exempt = [p for n, p in named if n in NO_WEIGHT_DECAY]
-    if exempt:
-        groups.append({"params": exempt, "lr": model_lr(opt, member), "weight_decay": 0.0})
+    if BIAS in named:
+        lr, weight_decay = bias_hyperparameters(opt, member)
+        groups.append({"params": [named[BIAS]], "lr": lr, "weight_decay": weight_decay})
     if logit_scale is not None:
         lr, weight_decay = tau_hyperparameters(opt, member)
         groups.append({"params": [logit_scale], "lr": lr, "weight_decay": weight_decay})

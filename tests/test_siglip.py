@@ -103,7 +103,9 @@ def test_step_loss_and_bias_gradient_match_autograd_of_an_independent_formula_fl
 
 def test_a_mixed_population_equals_standalone_runs_with_the_bias_trajectory_float64():
     with default_float64():
-        exp, rows, _ = _population(["clip", "siglip"], *ADAMW, "sweep.seeds=[0, 1]")
+        # the bias at a rate of its own (optimizer.bias_lr), the towers at each member's (the lr axis)
+        grid = [*ADAMW, "sweep.seeds=[0, 1]", "optimizer.bias_lr=0.05", "sweep.lr=[0.01, 0.02]"]
+        exp, rows, _ = _population(["clip", "siglip"], *grid)
         out = engine.train_population(exp, rows, CPU)
         log = out["log"].frame()
         for k, row in enumerate(rows):
@@ -122,7 +124,7 @@ def test_a_mixed_population_equals_standalone_runs_with_the_bias_trajectory_floa
                 for s in range(1, exp.steps + 1)
             ]
             assert logged.value.tolist() == pytest.approx(trajectory, rel=1e-6)
-            assert abs(trajectory[-1] - trajectory[0]) > 0.05  # it moved: ≈ lr per AdamW step
+            assert abs(trajectory[-1] - trajectory[0]) > 0.1  # it moved: up to bias_lr per AdamW step
 
 
 def test_clip_members_are_unchanged_by_siglip_members_beside_them():
@@ -143,11 +145,16 @@ def test_clip_members_are_unchanged_by_siglip_members_beside_them():
     assert not torch.allclose(towers[siglip], towers[clip], rtol=1e-3)  # SigLIP trained its members differently
 
 
-def test_the_bias_has_no_weight_decay_and_the_towers_keep_theirs():
+def test_the_bias_has_no_weight_decay_and_its_own_learning_rate_and_the_towers_keep_theirs():
     exp, rows, task = _population(["clip", "siglip"], *ADAMW)
     optimizer = build_optimizer(exp.optimizer, task.params, rows)
-    assert optimizer.weight_decay["logit_bias"] == 0.0
+    assert optimizer.weight_decay["logit_bias"].tolist() == [0.0] * len(rows)
+    assert optimizer.lr["logit_bias"].tolist() == pytest.approx([0.02] * len(rows))  # the towers' rate
     assert optimizer.weight_decay["image.0.bias"] == optimizer.weight_decay["image.0.weight"] == 0.1
+    exp, rows, task = _population(["siglip"], *ADAMW, "optimizer.bias_lr=0.5", "sweep.lr=[0.01, 0.03]")
+    optimizer = build_optimizer(exp.optimizer, task.params, rows)
+    assert optimizer.lr["logit_bias"].tolist() == [0.5] * len(rows)
+    assert sorted(set(optimizer.lr["image.0.weight"].tolist())) == pytest.approx([0.01, 0.03])
 
 
 def test_bias_init_and_the_objective_axis_are_checked():

@@ -12,10 +12,11 @@ digit (``tau_lab.data.captions``): ``"a handwritten seven"``, ``"the number 7"``
 The grid axis ``objective`` (``["clip", "siglip"]``; ``loss`` names the logged training loss) puts both in
 one population: members of a seed share their initial towers and their batches whatever their loss, so CLIP
 and SigLIP are compared pair by pair. Every member carries SigLIP's learnable bias ``logit_bias [K]`` (from
-``model.bias_init``, −10 as in Zhai et al. 2023), trained with the towers and without weight decay
-(``optim.NO_WEIGHT_DECAY``); it gets no gradient in CLIP members, which never read it. SigLIP's learnable
-temperature ``t' = log 10`` is tau-lab's ``tau_mode = "learnable"`` from ``τ = 0.1``: ``logit_scale = ln(1/τ)
-= t'``. ``logit_bias`` is logged at every logging step (NaN for CLIP members).
+``model.bias_init``, −10 as in Zhai et al. 2023), trained at ``optimizer.bias_lr`` (default: the towers'
+rate) and without weight decay (``optim.bias_hyperparameters``); it gets no gradient in CLIP members, which
+never read it. SigLIP's learnable temperature ``t' = log 10`` is tau-lab's ``tau_mode = "learnable"`` from
+``τ = 0.1``: ``logit_scale = ln(1/τ) = t'``. ``logit_bias`` is logged at every logging step (NaN for CLIP
+members).
 
 Captions of the same digit are interchangeable, so in a batch of B pairs every other caption of the
 image's digit is a *false negative*; ``false_negative_rate`` reports their share of the negatives and

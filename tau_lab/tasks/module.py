@@ -17,7 +17,7 @@ member's forward in a single batched call:
 
 and autograd gives every member's gradient at once. With ``loss = "siglip"`` every member also has SigLIP's
 learnable bias ``logit_bias [K]`` (from ``model.bias_init``), a parameter of the task beside the module's own
-(trained with them, without weight decay: ``optim.NO_WEIGHT_DECAY``) and logged as a metric.
+(trained with them, without weight decay: ``optim.bias_hyperparameters``) and logged as a metric.
 
 A module with buffers (BatchNorm's running statistics) is refused: members would need their own running
 statistics, and ``vmap`` cannot update them in place. ``nn.GroupNorm``/``nn.LayerNorm``, or
@@ -47,11 +47,10 @@ from torch.func import functional_call, vmap
 from tau_lab import losses, metrics
 from tau_lab.data.pairs import split
 from tau_lab.errors import UserError
+from tau_lab.optim import BIAS
 from tau_lab.tasks import contrastive, reference
 from tau_lab.tasks.base import Schema, StepResult, autograd_step, stack_modules
 from tau_lab.tasks.mlp import seeded
-
-BIAS = "logit_bias"  # SigLIP's bias: a task parameter [K] beside the module's own
 
 
 @functools.cache
