@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+import tau_lab.analysis.findings as findings_module
 from tau_lab import analysis
+from tau_lab.analysis import headline
 from tau_lab.analysis.distill import (
     accuracy_by_T,
     best_students,
@@ -159,15 +161,34 @@ def test_ties_seed_for_seed_name_no_best() -> None:
 
 def test_every_task_gets_a_finding_on_its_headline_metric() -> None:
     three = {0.1: [0.8, 0.82, 0.81], 0.5: [0.6, 0.61, 0.62]}
-    for column, words in [
-        ("probe_accuracy", "linear-probe accuracy"),
-        ("knn_accuracy", "k-NN accuracy"),
-        ("zero_shot_ensemble", "zero-shot accuracy (prompt ensemble)"),
-        ("recall_a2b", "recall@1 a → b"),
-        ("uniformity", "uniformity"),
-    ]:
+    contrastive = [(h.column, h.name, h.lower) for h in headline.HEADLINES if "distill" not in h.tasks]
+    assert {"probe_accuracy", "knn_accuracy", "zero_shot_ensemble", "recall_a2b"} <= {c for c, _, _ in contrastive}
+    for column, words, lower in [*contrastive, ("uniformity", "uniformity", True)]:
         found = findings(table(three, metric=column))
-        assert any(s.startswith(f"Highest (best) {words}") or s.startswith(f"Lowest (best) {words}") for s in found)
+        best = "Lowest (best)" if lower else "Highest (best)"
+        # the best τ: 0.1 where higher is better, 0.5 where lower is
+        assert any(s.startswith(f"{best} {words} ") and f"at τ = {0.5 if lower else 0.1} (fixed)" in s for s in found)
+
+
+def test_one_headline_list_for_the_summary_the_findings_and_the_figures() -> None:
+    from tau_lab import cli
+    from tau_lab.figures import vs_tau
+
+    assert not hasattr(cli, "HEADLINE")  # the summary's own list is gone
+    columns = ["member", "tau_mode", "tau_init", "seed", "status", "loss", "tau"]
+    for task in ("simclr", "clip", "pairs", "distill"):
+        mine = [h.column for h in headline.headlines(task)]
+        members = pd.DataFrame({c: [0] for c in [*columns, *mine, "uniformity"]})
+        assert cli.summary_columns(task, members)[-len(mine) :] == mine, task
+    assert (
+        cli.summary_columns("quadrants", pd.DataFrame({c: [0] for c in [*columns, "uniformity"]}))[-1] == "uniformity"
+    )
+    assert [
+        (h.column, h.name, h.lower) for h in headline.headlines() if h.tasks != ("distill",)
+    ] == findings_module.HEADLINES
+    assert {
+        h.column: (h.name, h.how) for h in headline.headlines() if set(h.tasks) & {"simclr", "clip", "pairs"}
+    } == vs_tau.HEADLINE
 
 
 def test_geometry_findings_name_the_space_they_were_measured_in() -> None:

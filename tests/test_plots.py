@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -498,3 +499,57 @@ def test_three_final_metrics_panels_all_have_tau_ticks(tmp_path: Path) -> None:
     for ax in panels:
         labels = [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
         assert "0.1" in labels and ax.get_xlabel() == "τ (log scale)", ax.get_ylabel()
+
+
+def _tick_labels_in_view(ax: Any) -> list[tuple[str, Any]]:
+    """The visible x tick labels inside the view, with their pixel boxes after a draw."""
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    lo, hi = ax.get_xlim()
+    return [
+        (t.get_text(), t.get_window_extent(renderer))
+        for tick, t in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True)
+        if t.get_visible() and t.get_text() and lo <= tick <= hi
+    ]
+
+
+def _assert_apart(labels: list[tuple[str, Any]]) -> None:
+    for (a, box_a), (b, box_b) in itertools.pairwise(labels):
+        assert box_a.x1 < box_b.x0, f"tick labels {a!r} and {b!r} overlap: {box_a.x1:.1f} ≥ {box_b.x0:.1f}"
+
+
+def test_tau_tick_labels_of_the_final_metrics_figure_do_not_overlap(tmp_path: Path) -> None:
+    """τ = 0.001, 0.002, 0.005, … used to print "0.0010.002" on the final-metrics figure's log axis."""
+    rows = [
+        {"member": 6 * seed + i, "tau_mode": "fixed", "tau_init": tau, "seed": seed}
+        for seed in (0, 1)
+        for i, tau in enumerate([0.001, 0.002, 0.005, 0.01, 0.1, 1])
+    ]
+    members = pd.DataFrame(rows).assign(status="ok")
+    members["tau"] = members["tau_init"]
+    members["uniformity"] = -members["tau_init"]
+    results.write_table(members, tmp_path / "grid" / "run" / "members")
+    fig = drawn(vs_tau.final_metrics, load_runs([tmp_path / "grid" / "run"]))
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    labels = _tick_labels_in_view(ax)
+    _assert_apart(labels)
+    texts = [text for text, _ in labels]
+    assert texts[0] == "0.001" and texts[-1] == "1" and len(texts) >= 4  # the whole grid stays labelled
+
+
+@pytest.mark.parametrize("width", [1.5, 3.0, 4.4, 8.0, 16.0])
+@pytest.mark.parametrize("span", [(0.001, 1.0), (0.05, 1.0), (1e-5, 10.0), (0.2, 0.6)])
+def test_log_tick_labels_never_touch_at_any_width(width: float, span: tuple[float, float]) -> None:
+    with style.theme():
+        _, axes = style.figure(width, 2.0)
+        ax = axes[0, 0]
+        ax.plot(span, [0, 1])
+        ax.set_xscale("log")
+        style.log_ticks(ax.xaxis)
+        labels = _tick_labels_in_view(ax)
+    _assert_apart(labels)
+    assert len(labels) >= 1
+    shown = {float(text) for text, _ in labels}
+    assert all(span[0] * 0.9 <= v <= span[1] * 1.1 for v in shown)
+    if width >= 8.0 and span == (0.001, 1.0):
+        assert {0.001, 0.002, 0.005, 0.01} <= shown  # room enough: 1, 2 and 5 × 10^k

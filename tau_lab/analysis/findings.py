@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 
-from tau_lab.analysis import distill
+from tau_lab.analysis import distill, headline
 from tau_lab.analysis.tables import compare_to_best, finished, grid_axes, over_seeds, shape
 
 LEVEL = 0.95  # of the paired t-intervals
@@ -24,13 +24,9 @@ VANISHED = 1e-6  # a gradient norm below this at every step of the window: the m
 WINDOW = 10  # logged steps judged for vanished gradients (with log_every = 100, the last 1000 steps)
 NAMED = 3  # indistinguishable settings named in full; the rest are counted
 TAU = ["tau_mode", "tau_init"]
-HEADLINES = [  # column, what it is, lower is better: the tasks' headline metrics, found by their columns
-    ("probe_accuracy", "linear-probe accuracy", False),  # simclr
-    ("knn_accuracy", "k-NN accuracy", False),  # simclr
-    ("zero_shot_ensemble", "zero-shot accuracy (prompt ensemble)", False),  # clip
-    ("recall_a2b", "recall@1 a → b", False),  # pairs
-    ("recall_b2a", "recall@1 b → a", False),  # pairs
-]
+# The headline metrics a best-τ finding is made for, found by their columns; distillation's (student accuracy)
+# has its own finding, ``_best_students``, over T, α and T² together.
+HEADLINES = [(h.column, h.name, h.lower) for h in headline.HEADLINES if "distill" not in h.tasks]
 # Where a task has a projection head (simclr, clip) its geometry is measured in both spaces: ".z" the projection
 # the loss reads, ".h" the encoder output the probes read; tasks without one keep the plain names.
 SPACES = {"": "", ".z": " of the projection z", ".h": " of the encoder output h"}
