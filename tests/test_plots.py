@@ -553,3 +553,40 @@ def test_log_tick_labels_never_touch_at_any_width(width: float, span: tuple[floa
     assert all(span[0] * 0.9 <= v <= span[1] * 1.1 for v in shown)
     if width >= 8.0 and span == (0.001, 1.0):
         assert {0.001, 0.002, 0.005, 0.01} <= shown  # room enough: 1, 2 and 5 × 10^k
+
+
+def test_headline_by_axis_draws_the_tau_by_lr_interaction_with_t_intervals(tmp_path: Path) -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    rows = [
+        {"member": 0, "tau_mode": "fixed", "tau_init": tau, "lr": lr, "seed": seed}
+        for lr in (0.001, 0.01)
+        for seed in range(3)
+        for tau in (0.05, 0.2, 1.0)
+    ]
+    members = pd.DataFrame(rows).assign(member=range(len(rows)), status="ok")
+    members["tau"] = members["tau_init"]
+    members["knn_accuracy"] = 0.9 - 0.05 * np.log10(members["tau_init"]) * np.sign(members["lr"] - 0.005)
+    members["knn_accuracy"] += 0.01 * rng.random(len(rows))
+    run_dir = tmp_path / "digits_simclr_lr" / "run-1"
+    results.write_table(members, run_dir / "members")
+    (run_dir / "config.toml").write_text('task = "simclr"\n')
+    written = [p.name for p in figures.plot_run([run_dir])]
+    assert "headline_by_axis.png" in written
+    fig = drawn(lambda runs: vs_tau.headline_by_axis(runs, "run-1"), load_runs([run_dir]))
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    assert ax.get_title().startswith("k-NN accuracy by lr")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lr = 0.001", "lr = 0.01"]
+    for container, lr in zip(ax.containers, (0.001, 0.01), strict=True):
+        part = members[members["lr"] == lr].groupby("tau_init")["knn_accuracy"]
+        x, y = container.lines[0].get_data()
+        np.testing.assert_allclose(x, part.mean().index)
+        np.testing.assert_allclose(y, part.mean().to_numpy())
+        half = stats.t.ppf(0.975, 2) * part.std(ddof=1).to_numpy() / np.sqrt(3)
+        segments = container.lines[2][0].get_segments()
+        np.testing.assert_allclose([s[1][1] - s[0][1] for s in segments], 2 * half)
+    # no varying axis: no figure
+    plain = members[members["lr"] == 0.001]
+    results.write_table(plain, tmp_path / "plain" / "run-2" / "members")
+    assert vs_tau.headline_by_axis(load_runs([tmp_path / "plain" / "run-2"]), "run-2") is None
