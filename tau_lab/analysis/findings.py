@@ -208,20 +208,20 @@ def best_finding(
     return f"{head}{_tie_text(ties, by, final, symbol)} {rest}{edge}"
 
 
-def _interval_text(mean: float, low: float, high: float, pairs: int, unit: str = "") -> str:
-    """``+0.301 [0.120, 0.482] (3 seeds)``, and the verdict: "not distinguishable" when it covers 0."""
+def _interval_text(mean: float, low: float, high: float, pairs: int) -> str:
+    """``+0.301 [+0.120, +0.482] (3 seeds, distinguishable from 0)``: "not distinguishable" when it covers 0."""
     if pairs < 2 or np.isnan(low):
-        return f"{mean:+.3f}{unit} ({pairs} seed{'s' * (pairs != 1)}: no interval)"
+        return f"{mean:+.3f} ({pairs} seed{'s' * (pairs != 1)}: no interval)"
     verdict = "not distinguishable from 0" if low <= 0 <= high else "distinguishable from 0"
-    return f"{mean:+.3f}{unit} [{low:+.3f}, {high:+.3f}] ({pairs} seeds, {verdict})"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] ({pairs} seeds, {verdict})"
 
 
 def tau_shift(part: pd.DataFrame, axis: str, metric: str, name: str, lower: bool, prefix: str = "") -> str | None:
     """Whether the best fixed τ of ``metric`` moves with the grid axis ``axis`` (the τ × axis interaction).
 
     Fixed members only. Per value ``a`` of the axis, the best τ is ``τ*(a)``, the best mean over seeds, and
-    per seed ``s`` its own best ``τ*_s(a)``. Each value after the first (``a₀``) is compared with ``a₀``, paired
-    by seed (``paired_interval``, a 95% t-interval):
+    per seed ``s`` its own best ``τ*_s(a)`` (ties to the smaller τ). Each value after the first (``a₀``) is
+    compared with ``a₀``, paired by seed (``paired_interval``, a 95% t-interval):
 
     - the shift ``log10 τ*_s(a) − log10 τ*_s(a₀)``: whether the optimum moves (0: it stays);
     - the difference ``m_s(τ*(a), a) − m_s(τ*(a₀), a)`` of the metric at ``a``, its own best τ against ``a₀``'s:
@@ -229,7 +229,7 @@ def tau_shift(part: pd.DataFrame, axis: str, metric: str, name: str, lower: bool
 
     Both are read with the caveat that a best τ is picked on the same seeds that measure it.
     """
-    fixed = part[(part["tau_mode"] == "fixed")]
+    fixed = part[part["tau_mode"] == "fixed"]
     fixed = fixed[np.isfinite(fixed[metric].astype(float))]
     values = sorted(fixed[axis].unique())
     if len(values) < 2 or fixed["tau_init"].nunique() < 2:
