@@ -209,9 +209,17 @@ def test_findings_per_level_of_the_tasks_own_axes() -> None:
     members = pd.concat([members.assign(caption_noise=n) for n in (0.0, 0.3)], ignore_index=True)
     members = members[["member", "tau_mode", "tau_init", "caption_noise", "seed", "status", "zero_shot_ensemble"]]
     found = [s for s in findings(members) if "zero-shot" in s]
-    assert [s.split(": ")[0] for s in found] == ["caption_noise = 0", "caption_noise = 0.3"]
+    per_level, moves = found[:2], found[2:]
+    assert [s.split(": ")[0] for s in per_level] == ["caption_noise = 0", "caption_noise = 0.3"]
     assert all(
-        "Highest (best) zero-shot accuracy (prompt ensemble) 0.810 ± 0.010 at τ = 0.1 (fixed)" in s for s in found
+        "Highest (best) zero-shot accuracy (prompt ensemble) 0.810 ± 0.010 at τ = 0.1 (fixed)" in s for s in per_level
+    )
+    # and whether the best τ moves with the noise: it does not (the same values at both levels)
+    assert len(moves) == 1 and moves[0].startswith(
+        "Best fixed τ of zero-shot accuracy (prompt ensemble) by caption_noise"
+    )
+    assert (
+        "Δ log10(best τ) +0.000 [+0.000, +0.000] (3 seeds, not distinguishable from 0), and the same best τ" in moves[0]
     )
 
 
