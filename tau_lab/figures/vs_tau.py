@@ -156,8 +156,9 @@ def headline_by_axis(runs: Runs, label: str) -> Figure | None:
     spread = style.pooled_text(ok, [varying[0], "tau_init"], unit="point", band="")
     rows = "; each row pools the other axes" if len(varying) > 1 else ""
     study = runs.dirs[list(dict.fromkeys(runs.members["run"])).index(label)].resolve().parent.name
+    lines = ", ".join(AXIS_WORDS.get(a, a) for a in varying)
     fig.suptitle(
-        f"{study} ({label}): headline metrics against fixed τ, a line per value of {', '.join(varying)}\n"
+        f"{study} ({label}): headline metrics against fixed τ, a line per value of {lines}\n"
         f"{spread}{rows}; bars: 95% t-interval over seeds"
     )
     return fig
