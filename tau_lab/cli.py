@@ -149,25 +149,24 @@ def experiments_command() -> None:
 # The columns of the summary table: the member, its grid axes (the task's own among them), and what it reached.
 MEMBER_COLUMNS = ["member", "tau_mode", "tau_init"]
 OUTCOME_COLUMNS = ["seed", "status", "loss", "tau"]
-# Each task's headline metrics (columns of the members table); a prefix stands for every column it starts.
-HEADLINE = {
-    "quadrants": ["alignment", "uniformity", "tolerance", "cross_similarity"],
-    "simclr": ["knn_accuracy", "probe_accuracy", "alignment", "uniformity"],
-    "clip": ["recall_i2t", "recall_t2i", "zero_shot_"],
-    "pairs": ["recall_a2b", "recall_b2a"],
-    "distill": ["accuracy", "agreement", "ece"],
-}
+# Shown for a task without headline metrics (quadrants: its geometry is its answer); a prefix stands for every
+# column it starts.
+GEOMETRY_COLUMNS = ["alignment", "uniformity", "tolerance", "cross_similarity"]
 
 
 def summary_columns(task: str, members: pd.DataFrame) -> list[str]:
     """The terminal summary's columns: member, τ mode and start, the task's own grid axes that vary,
-    seed, status, final loss and τ, then the task's headline metrics."""
+    seed, status, final loss and τ, then the task's headline metrics (``analysis.headline``), or its geometry
+    when it has none."""
+    from tau_lab.analysis.headline import headlines
     from tau_lab.tasks import TASKS
     from tau_lab.tasks.base import Sweep
 
     axes = [key for key in TASKS[task].Sweep.model_fields if key not in Sweep.model_fields]
     varying = [axis for axis in axes if axis in members and members[axis].astype(str).nunique() > 1]
-    metrics = [c for prefix in HEADLINE.get(task, []) for c in members.columns if c.startswith(prefix)]
+    metrics = [h.column for h in headlines(task)]
+    if not metrics:
+        metrics = [c for prefix in GEOMETRY_COLUMNS for c in members.columns if c.startswith(prefix)]
     wanted = [*MEMBER_COLUMNS, *varying, *OUTCOME_COLUMNS, *metrics]
     return [c for c in dict.fromkeys(wanted) if c in members.columns]
 

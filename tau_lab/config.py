@@ -178,7 +178,9 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
     for section in ("data", "model", "sweep"):
         schema = getattr(task, section.capitalize())
         try:
-            setattr(experiment, section, schema.model_validate(getattr(experiment, section)))
+            # the sweep sees the validated [data]: an axis may be checked against it (contrastive.Sweep.batch_size)
+            context = {"data": experiment.data}
+            setattr(experiment, section, schema.model_validate(getattr(experiment, section), context=context))
         except ValidationError as err:
             raise ConfigError(_one_line(err, source, section)) from None
     t, sweep = experiment.temperature, experiment.sweep
@@ -196,7 +198,9 @@ def validate(raw: dict[str, Any], source: str) -> Experiment:
 
 def members(experiment: Experiment) -> list[dict[str, Any]]:
     """The grid: one dict per member (``member``, ``tau_mode``, ``tau_init``, the task's own axes,
-    ``seed``), numbered from 0, seeds varying slowest, then the axes in the order declared.
+    ``seed``), numbered from 0, seeds varying slowest, then the axes in the order declared; a
+    ``batch_size`` axis varies slower still, so that each size's members are consecutive rows: the
+    populations ``engine.chunks`` cuts keep the grid's order.
 
     Scheduled and ctkd members ignore ``tau``, so each appears once per combination with
     ``tau_init`` set to where it starts (``temperature.start_tau``: τ_max for a schedule, the
@@ -204,11 +208,14 @@ def members(experiment: Experiment) -> list[dict[str, Any]]:
     """
     sweep = experiment.sweep.model_dump()
     seeds, modes, taus = sweep.pop("seeds"), sweep.pop("tau_mode"), sweep.pop("tau")
+    sizes = {"batch_size": sweep.pop("batch_size")} if "batch_size" in sweep else {}
     rows, seen = [], set()
     t = experiment.temperature
-    for seed, mode, tau, *extra in itertools.product(seeds, modes, taus, *sweep.values()):
+    for *size, seed, mode, tau, extra in itertools.product(
+        *sizes.values(), seeds, modes, taus, itertools.product(*sweep.values())
+    ):
         tau = start_tau(mode, tau, t.tau_min, t.tau_max)
-        key = (seed, mode, tau, *extra)
+        key = (*size, seed, mode, tau, *extra)
         if key in seen:
             continue
         seen.add(key)
@@ -218,6 +225,7 @@ def members(experiment: Experiment) -> list[dict[str, Any]]:
                 "tau_mode": mode,
                 "tau_init": tau,
                 **dict(zip(sweep, extra, strict=True)),
+                **dict(zip(sizes, size, strict=True)),
                 "seed": seed,
             }
         )

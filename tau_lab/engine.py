@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import itertools
 import json
 import math
 import signal
@@ -393,10 +394,21 @@ def train_population(
 
 
 def chunks(experiment: config.Experiment, rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Split the members into populations that fit ``memory_budget_mb``."""
-    per_member = TASKS[experiment.task].member_bytes(experiment)
-    size = max(1, int(experiment.memory_budget_mb * 2**20 // per_member))
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+    """Split the members into populations: each run of consecutive rows of one ``batch_size`` (a sweep axis of
+    the contrastive tasks; every member of a population takes the same step shapes), cut into pieces that fit
+    ``memory_budget_mb`` at that size. The populations, end to end, are ``rows`` in their order (``tables``)."""
+    populations = []
+    for batch_size, run in itertools.groupby(rows, key=lambda row: row.get("batch_size")):
+        sized = experiment
+        if batch_size is not None:  # a member's memory grows with its batch
+            sized = experiment.model_copy(
+                update={"data": experiment.data.model_copy(update={"batch_size": batch_size})}
+            )
+        per_member = TASKS[experiment.task].member_bytes(sized)
+        size = max(1, int(experiment.memory_budget_mb * 2**20 // per_member))
+        group = list(run)
+        populations += [group[i : i + size] for i in range(0, len(group), size)]
+    return populations
 
 
 def tables(rows: list[dict[str, Any]], outputs: list[dict[str, Any]]) -> dict[str, pd.DataFrame]:

@@ -14,7 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
+import tau_lab.analysis.findings as findings_module
 from tau_lab import analysis
+from tau_lab.analysis import headline
 from tau_lab.analysis.distill import (
     accuracy_by_T,
     best_students,
@@ -159,15 +161,34 @@ def test_ties_seed_for_seed_name_no_best() -> None:
 
 def test_every_task_gets_a_finding_on_its_headline_metric() -> None:
     three = {0.1: [0.8, 0.82, 0.81], 0.5: [0.6, 0.61, 0.62]}
-    for column, words in [
-        ("probe_accuracy", "linear-probe accuracy"),
-        ("knn_accuracy", "k-NN accuracy"),
-        ("zero_shot_ensemble", "zero-shot accuracy (prompt ensemble)"),
-        ("recall_a2b", "recall@1 a → b"),
-        ("uniformity", "uniformity"),
-    ]:
+    contrastive = [(h.column, h.name, h.lower) for h in headline.HEADLINES if "distill" not in h.tasks]
+    assert {"probe_accuracy", "knn_accuracy", "zero_shot_ensemble", "recall_a2b"} <= {c for c, _, _ in contrastive}
+    for column, words, lower in [*contrastive, ("uniformity", "uniformity", True)]:
         found = findings(table(three, metric=column))
-        assert any(s.startswith(f"Highest (best) {words}") or s.startswith(f"Lowest (best) {words}") for s in found)
+        best = "Lowest (best)" if lower else "Highest (best)"
+        # the best τ: 0.1 where higher is better, 0.5 where lower is
+        assert any(s.startswith(f"{best} {words} ") and f"at τ = {0.5 if lower else 0.1} (fixed)" in s for s in found)
+
+
+def test_one_headline_list_for_the_summary_the_findings_and_the_figures() -> None:
+    from tau_lab import cli
+    from tau_lab.figures import vs_tau
+
+    assert not hasattr(cli, "HEADLINE")  # the summary's own list is gone
+    columns = ["member", "tau_mode", "tau_init", "seed", "status", "loss", "tau"]
+    for task in ("simclr", "clip", "pairs", "distill"):
+        mine = [h.column for h in headline.headlines(task)]
+        members = pd.DataFrame({c: [0] for c in [*columns, *mine, "uniformity"]})
+        assert cli.summary_columns(task, members)[-len(mine) :] == mine, task
+    assert (
+        cli.summary_columns("quadrants", pd.DataFrame({c: [0] for c in [*columns, "uniformity"]}))[-1] == "uniformity"
+    )
+    assert [
+        (h.column, h.name, h.lower) for h in headline.headlines() if h.tasks != ("distill",)
+    ] == findings_module.HEADLINES
+    assert {
+        h.column: (h.name, h.how) for h in headline.headlines() if set(h.tasks) & {"simclr", "clip", "pairs"}
+    } == vs_tau.HEADLINE
 
 
 def test_geometry_findings_name_the_space_they_were_measured_in() -> None:
@@ -188,9 +209,17 @@ def test_findings_per_level_of_the_tasks_own_axes() -> None:
     members = pd.concat([members.assign(caption_noise=n) for n in (0.0, 0.3)], ignore_index=True)
     members = members[["member", "tau_mode", "tau_init", "caption_noise", "seed", "status", "zero_shot_ensemble"]]
     found = [s for s in findings(members) if "zero-shot" in s]
-    assert [s.split(": ")[0] for s in found] == ["caption_noise = 0", "caption_noise = 0.3"]
+    per_level, moves = found[:2], found[2:]
+    assert [s.split(": ")[0] for s in per_level] == ["caption_noise = 0", "caption_noise = 0.3"]
     assert all(
-        "Highest (best) zero-shot accuracy (prompt ensemble) 0.810 ± 0.010 at τ = 0.1 (fixed)" in s for s in found
+        "Highest (best) zero-shot accuracy (prompt ensemble) 0.810 ± 0.010 at τ = 0.1 (fixed)" in s for s in per_level
+    )
+    # and whether the best τ moves with the noise: it does not (the same values at both levels)
+    assert len(moves) == 1 and moves[0].startswith(
+        "Best fixed τ of zero-shot accuracy (prompt ensemble) by caption_noise"
+    )
+    assert (
+        "Δ log10(best τ) +0.000 [+0.000, +0.000] (3 seeds, not distinguishable from 0), and the same best τ" in moves[0]
     )
 
 
@@ -414,3 +443,70 @@ def test_presentation_imports_no_training_code() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[] []"
+
+
+# ------------------------------------------------------------------------------------------ τ × axis
+
+
+def _by_lr(per_lr: dict[float, dict[float, list[float]]], metric: str = "knn_accuracy") -> pd.DataFrame:
+    """``per_lr[lr][τ][seed]``: a members table with the grid axis ``lr`` between ``tau_init`` and ``seed``."""
+    parts = [table(values, metric).assign(lr=lr) for lr, values in per_lr.items()]
+    members = pd.concat(parts, ignore_index=True).assign(member=lambda f: range(len(f)))
+    return members[["member", "tau_mode", "tau_init", "lr", "seed", "status", metric]]
+
+
+def test_tau_shift_pairs_each_seeds_best_tau_and_the_metric_across_the_axis() -> None:
+    from tau_lab.analysis.findings import tau_shift
+
+    # lr 0.001: τ = 0.1 best for every seed. lr 0.01: τ = 1 best for seeds 0 and 1, τ = 0.1 for seed 2
+    members = _by_lr(
+        {
+            0.001: {0.1: [0.90, 0.91, 0.92], 1.0: [0.80, 0.82, 0.81]},
+            0.01: {0.1: [0.70, 0.72, 0.95], 1.0: [0.85, 0.86, 0.90]},
+        }
+    )
+    sentence = tau_shift(members, "lr", "knn_accuracy", "k-NN accuracy", lower=False)
+    assert sentence.startswith(
+        "Best fixed τ of k-NN accuracy by lr (mean over seeds): 0.1 at lr = 0.001, 1 at lr = 0.01."
+    )
+    # Δ log10(best τ) per seed: 1, 1, 0
+    d = np.array([1.0, 1.0, 0.0])
+    half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+    assert f"Δ log10(best τ) +{d.mean():.3f} [{d.mean() - half:+.3f}, {d.mean() + half:+.3f}]" in sentence
+    assert "(3 seeds, not distinguishable from 0)" in sentence
+    # at lr 0.01: τ = 1 − τ = 0.1, seed by seed
+    d = np.array([0.85 - 0.70, 0.86 - 0.72, 0.90 - 0.95])
+    half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+    assert f"at lr = 0.01, k-NN accuracy at τ = 1 − at τ = 0.1: +{d.mean():.3f} [{d.mean() - half:+.3f}, " in sentence
+    # every seed moves by one decade: an interval of width 0 that excludes 0
+    moved = _by_lr({0.001: {0.1: [0.9, 0.9, 0.9], 1.0: [0.8, 0.7, 0.6]}, 0.01: {0.1: [0.5, 0.6, 0.7], 1.0: [0.8] * 3}})
+    assert "Δ log10(best τ) +1.000 [+1.000, +1.000] (3 seeds, distinguishable from 0)" in tau_shift(
+        moved, "lr", "knn_accuracy", "k-NN accuracy", lower=False
+    )
+
+
+def test_tau_shift_of_a_lower_is_better_metric_and_an_unmoved_best() -> None:
+    from tau_lab.analysis.findings import tau_shift
+
+    members = _by_lr({1: {0.1: [1.0, 2.0], 1.0: [3.0, 4.0]}, 2: {0.1: [0.0, 0.5], 1.0: [5.0, 5.0]}}, "ece")
+    sentence = tau_shift(members, "lr", "ece", "calibration error", lower=True)
+    assert "0.1 at lr = 1, 0.1 at lr = 2" in sentence  # lowest is best
+    assert (
+        "Δ log10(best τ) +0.000 [+0.000, +0.000] (2 seeds, not distinguishable from 0), and the same best τ" in sentence
+    )
+
+
+def test_findings_say_per_axis_value_the_best_tau_and_whether_it_moves() -> None:
+    members = _by_lr(
+        {
+            0.001: {0.1: [0.90, 0.91, 0.92], 1.0: [0.80, 0.82, 0.81]},
+            0.01: {0.1: [0.70, 0.72, 0.95], 1.0: [0.85, 0.86, 0.90]},
+        }
+    )
+    found = findings(members)
+    assert any(s.startswith("lr = 0.001: Highest (best) k-NN accuracy 0.910 ± 0.010 at τ = 0.1 (fixed)") for s in found)
+    assert any(s.startswith("lr = 0.01: Highest (best) k-NN accuracy 0.870 ± 0.026 at τ = 1 (fixed)") for s in found)
+    assert sum(s.startswith("Best fixed τ of k-NN accuracy by lr") for s in found) == 1
+    # one seed: no interval, said so
+    one = findings(members[members["seed"] == 0])
+    assert any("Δ log10(best τ) +1.000 (1 seed: no interval)" in s for s in one)

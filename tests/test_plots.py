@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -498,3 +499,94 @@ def test_three_final_metrics_panels_all_have_tau_ticks(tmp_path: Path) -> None:
     for ax in panels:
         labels = [t.get_text() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
         assert "0.1" in labels and ax.get_xlabel() == "τ (log scale)", ax.get_ylabel()
+
+
+def _tick_labels_in_view(ax: Any) -> list[tuple[str, Any]]:
+    """The visible x tick labels inside the view, with their pixel boxes after a draw."""
+    ax.figure.canvas.draw()
+    renderer = ax.figure.canvas.get_renderer()
+    lo, hi = ax.get_xlim()
+    return [
+        (t.get_text(), t.get_window_extent(renderer))
+        for tick, t in zip(ax.get_xticks(), ax.get_xticklabels(), strict=True)
+        if t.get_visible() and t.get_text() and lo <= tick <= hi
+    ]
+
+
+def _assert_apart(labels: list[tuple[str, Any]]) -> None:
+    for (a, box_a), (b, box_b) in itertools.pairwise(labels):
+        assert box_a.x1 < box_b.x0, f"tick labels {a!r} and {b!r} overlap: {box_a.x1:.1f} ≥ {box_b.x0:.1f}"
+
+
+def test_tau_tick_labels_of_the_final_metrics_figure_do_not_overlap(tmp_path: Path) -> None:
+    """τ = 0.001, 0.002, 0.005, … used to print "0.0010.002" on the final-metrics figure's log axis."""
+    rows = [
+        {"member": 6 * seed + i, "tau_mode": "fixed", "tau_init": tau, "seed": seed}
+        for seed in (0, 1)
+        for i, tau in enumerate([0.001, 0.002, 0.005, 0.01, 0.1, 1])
+    ]
+    members = pd.DataFrame(rows).assign(status="ok")
+    members["tau"] = members["tau_init"]
+    members["uniformity"] = -members["tau_init"]
+    results.write_table(members, tmp_path / "grid" / "run" / "members")
+    fig = drawn(vs_tau.final_metrics, load_runs([tmp_path / "grid" / "run"]))
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    labels = _tick_labels_in_view(ax)
+    _assert_apart(labels)
+    texts = [text for text, _ in labels]
+    assert texts[0] == "0.001" and texts[-1] == "1" and len(texts) >= 4  # the whole grid stays labelled
+
+
+@pytest.mark.parametrize("width", [1.5, 3.0, 4.4, 8.0, 16.0])
+@pytest.mark.parametrize("span", [(0.001, 1.0), (0.05, 1.0), (1e-5, 10.0), (0.2, 0.6)])
+def test_log_tick_labels_never_touch_at_any_width(width: float, span: tuple[float, float]) -> None:
+    with style.theme():
+        _, axes = style.figure(width, 2.0)
+        ax = axes[0, 0]
+        ax.plot(span, [0, 1])
+        ax.set_xscale("log")
+        style.log_ticks(ax.xaxis)
+        labels = _tick_labels_in_view(ax)
+    _assert_apart(labels)
+    assert len(labels) >= 1
+    shown = {float(text) for text, _ in labels}
+    assert all(span[0] * 0.9 <= v <= span[1] * 1.1 for v in shown)
+    if width >= 8.0 and span == (0.001, 1.0):
+        assert {0.001, 0.002, 0.005, 0.01} <= shown  # room enough: 1, 2 and 5 × 10^k
+
+
+def test_headline_by_axis_draws_the_tau_by_lr_interaction_with_t_intervals(tmp_path: Path) -> None:
+    from scipy import stats
+
+    rng = np.random.default_rng(1)
+    rows = [
+        {"member": 0, "tau_mode": "fixed", "tau_init": tau, "lr": lr, "seed": seed}
+        for lr in (0.001, 0.01)
+        for seed in range(3)
+        for tau in (0.05, 0.2, 1.0)
+    ]
+    members = pd.DataFrame(rows).assign(member=range(len(rows)), status="ok")
+    members["tau"] = members["tau_init"]
+    members["knn_accuracy"] = 0.9 - 0.05 * np.log10(members["tau_init"]) * np.sign(members["lr"] - 0.005)
+    members["knn_accuracy"] += 0.01 * rng.random(len(rows))
+    run_dir = tmp_path / "digits_simclr_lr" / "run-1"
+    results.write_table(members, run_dir / "members")
+    (run_dir / "config.toml").write_text('task = "simclr"\n')
+    written = [p.name for p in figures.plot_run([run_dir])]
+    assert "headline_by_axis.png" in written
+    fig = drawn(lambda runs: vs_tau.headline_by_axis(runs, "run-1"), load_runs([run_dir]))
+    (ax,) = [ax for ax in fig.axes if ax.get_visible()]
+    assert ax.get_title().startswith("k-NN accuracy by lr")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lr = 0.001", "lr = 0.01"]
+    for container, lr in zip(ax.containers, (0.001, 0.01), strict=True):
+        part = members[members["lr"] == lr].groupby("tau_init")["knn_accuracy"]
+        x, y = container.lines[0].get_data()
+        np.testing.assert_allclose(x, part.mean().index)
+        np.testing.assert_allclose(y, part.mean().to_numpy())
+        half = stats.t.ppf(0.975, 2) * part.std(ddof=1).to_numpy() / np.sqrt(3)
+        segments = container.lines[2][0].get_segments()
+        np.testing.assert_allclose([s[1][1] - s[0][1] for s in segments], 2 * half)
+    # no varying axis: no figure
+    plain = members[members["lr"] == 0.001]
+    results.write_table(plain, tmp_path / "plain" / "run-2" / "members")
+    assert vs_tau.headline_by_axis(load_runs([tmp_path / "plain" / "run-2"]), "run-2") is None

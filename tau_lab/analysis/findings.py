@@ -7,30 +7,30 @@
 - trends describe the curve's shape over τ (an interior minimum or maximum, where), not only its ends;
 - "gradients vanished" is judged over a window of logged steps, not from the last batch;
 - each task gets a finding on its headline metric (probe/k-NN accuracy, zero-shot accuracy, recall,
-  student accuracy), found by the columns of the members table.
+  student accuracy), found by the columns of the members table, per value of the grid's other axes;
+- where a grid axis varies (lr, batch size, …), whether the best fixed τ of a headline metric moves with it:
+  each seed's best τ compared across the axis's values, and what the best τ of one value costs at another,
+  both paired by seed (``tau_shift``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pandas as pd
 
-from tau_lab.analysis import distill
-from tau_lab.analysis.tables import compare_to_best, finished, grid_axes, over_seeds, shape
+from tau_lab.analysis import distill, headline
+from tau_lab.analysis.tables import compare_to_best, finished, grid_axes, over_seeds, paired_interval, shape
 
 LEVEL = 0.95  # of the paired t-intervals
 VANISHED = 1e-6  # a gradient norm below this at every step of the window: the member has stopped learning
 WINDOW = 10  # logged steps judged for vanished gradients (with log_every = 100, the last 1000 steps)
 NAMED = 3  # indistinguishable settings named in full; the rest are counted
 TAU = ["tau_mode", "tau_init"]
-HEADLINES = [  # column, what it is, lower is better: the tasks' headline metrics, found by their columns
-    ("probe_accuracy", "linear-probe accuracy", False),  # simclr
-    ("knn_accuracy", "k-NN accuracy", False),  # simclr
-    ("zero_shot_ensemble", "zero-shot accuracy (prompt ensemble)", False),  # clip
-    ("recall_a2b", "recall@1 a → b", False),  # pairs
-    ("recall_b2a", "recall@1 b → a", False),  # pairs
-]
+# The headline metrics a best-τ finding is made for, found by their columns; distillation's (student accuracy)
+# has its own finding, ``_best_students``, over T, α and T² together.
+HEADLINES = [(h.column, h.name, h.lower) for h in headline.HEADLINES if "distill" not in h.tasks]
 # Where a task has a projection head (simclr, clip) its geometry is measured in both spaces: ".z" the projection
 # the loss reads, ".h" the encoder output the probes read; tasks without one keep the plain names.
 SPACES = {"": "", ".z": " of the projection z", ".h": " of the encoder output h"}
@@ -42,7 +42,11 @@ TRENDS = [
     *((f"tolerance{s}", f"Same-class similarity{text} (tolerance)") for s, text in SPACES.items()),
     ("cross_similarity", "Cross-class similarity"),
 ]
-AXIS_WORDS = {"alpha": "α", "labeled_fraction": "labelled fraction"}  # axes named in words; others by their key
+AXIS_WORDS = {
+    "alpha": "α",
+    "labeled_fraction": "labelled fraction",
+    "batch_size": "batch size",
+}  # axes named in words; others by their key
 DISTILL_COLUMNS = {"accuracy", "alpha", "t2_scaling", "labeled_fraction", "kl_teacher", "ece", "tau"}
 
 
@@ -202,6 +206,55 @@ def best_finding(
     rest = paired_sentence(table.drop(ties.index), by, final, symbol)
     edge = "" if len(ties) else _edge(part, best, symbol)
     return f"{head}{_tie_text(ties, by, final, symbol)} {rest}{edge}"
+
+
+def _interval_text(mean: float, low: float, high: float, pairs: int) -> str:
+    """``+0.301 [+0.120, +0.482] (3 seeds, distinguishable from 0)``: "not distinguishable" when it covers 0."""
+    if pairs < 2 or np.isnan(low):
+        return f"{mean:+.3f} ({pairs} seed{'s' * (pairs != 1)}: no interval)"
+    verdict = "not distinguishable from 0" if low <= 0 <= high else "distinguishable from 0"
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}] ({pairs} seeds, {verdict})"
+
+
+def tau_shift(part: pd.DataFrame, axis: str, metric: str, name: str, lower: bool, prefix: str = "") -> str | None:
+    """Whether the best fixed τ of ``metric`` moves with the grid axis ``axis`` (the τ × axis interaction).
+
+    Fixed members only. Per value ``a`` of the axis, the best τ is ``τ*(a)``, the best mean over seeds, and
+    per seed ``s`` its own best ``τ*_s(a)`` (ties to the smaller τ). Each value after the first (``a₀``) is
+    compared with ``a₀``, paired by seed (``paired_interval``, a 95% t-interval):
+
+    - the shift ``log10 τ*_s(a) − log10 τ*_s(a₀)``: whether the optimum moves (0: it stays);
+    - the difference ``m_s(τ*(a), a) − m_s(τ*(a₀), a)`` of the metric at ``a``, its own best τ against ``a₀``'s:
+      what keeping ``a₀``'s best τ loses at ``a`` (when the two best τ differ).
+
+    Both are read with the caveat that a best τ is picked on the same seeds that measure it.
+    """
+    fixed = part[part["tau_mode"] == "fixed"]
+    fixed = fixed[np.isfinite(fixed[metric].astype(float))]
+    values = sorted(fixed[axis].unique())
+    if len(values) < 2 or fixed["tau_init"].nunique() < 2:
+        return None
+    raw = fixed.groupby([axis, "seed", "tau_init"])[metric].mean()  # [axis value, seed, τ]
+    better = -raw if lower else raw  # higher is better from here
+    best_by_seed = np.log10(better.groupby(level=[0, 1]).idxmax().map(lambda key: key[2]).astype(float))
+    means = better.groupby(level=[0, 2]).mean()
+    best = {a: float(means.xs(a, level=0).idxmax()) for a in values}
+    a0 = values[0]
+    head = ", ".join(f"{best[a]:g} at {axis_text(axis, a)}" for a in values)
+    parts = []
+    for a in values[1:]:
+        shift = paired_interval(best_by_seed.xs(a, level=0), best_by_seed.xs(a0, level=0))
+        text = f"{axis_text(axis, a)} against {axis_text(axis, a0)}: Δ log10(best τ) {_interval_text(*shift)}"
+        if best[a] == best[a0]:
+            parts.append(f"{text}, and the same best τ in the mean")
+            continue
+        own, carried = (raw.xs(a, level=0).xs(best[b], level="tau_init") for b in (a, a0))
+        difference = _interval_text(*paired_interval(own, carried))
+        parts.append(f"{text}; at {axis_text(axis, a)}, {name} at τ = {best[a]:g} − at τ = {best[a0]:g}: {difference}")
+    return (
+        f"{prefix}Best fixed τ of {name} by {AXIS_WORDS.get(axis, axis)} (mean over seeds): {head}. Does it move? "
+        f"Paired by seed ({LEVEL:.0%} t-intervals): " + "; ".join(parts) + "."
+    )
 
 
 def trend(part: pd.DataFrame, metric: str, name: str, prefix: str = "") -> str | None:
@@ -364,6 +417,12 @@ def findings(members: pd.DataFrame, metrics: pd.DataFrame | None = None) -> list
             for prefix, part in _contexts(ok, within):
                 if sentence := best_finding(part, metric, name, lower, TAU, prefix):
                     out.append(sentence)
+    for axis in within:  # the τ × axis interactions, within each combination of the other axes
+        for metric, name, lower in HEADLINES:
+            if metric in ok.columns:
+                for prefix, part in _contexts(ok, [a for a in within if a != axis]):
+                    if sentence := tau_shift(part, axis, metric, name, lower, prefix):
+                        out.append(sentence)
     for metric, name in TRENDS:
         if metric in ok.columns:
             for prefix, part in _contexts(ok, within):

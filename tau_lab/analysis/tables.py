@@ -24,6 +24,8 @@ AXIS_NAMES = {  # grid axis: how a title counts its values ("2 α", "3 labelled 
     "caption_noise": "caption-noise levels",
     "tau_lr": "τ learning rates",
     "tau_weight_decay": "τ weight decays",
+    "lr": "learning rates",
+    "batch_size": "batch sizes",
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from tau_lab import results
+from tau_lab.analysis.tables import grid_axes
 from tau_lab.errors import UserError
 from tau_lab.temperature import MODES
 
@@ -27,6 +28,7 @@ class Runs:
     metrics: pd.DataFrame | None
     embeddings: dict[str, pd.DataFrame] = field(default_factory=dict)
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    axes: dict[str, list[str]] = field(default_factory=dict)  # each run's own grid axes (``grid_axes``)
 
     @property
     def study(self) -> str:
@@ -61,10 +63,11 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     """
     if not run_dirs:
         raise UserError("no run directory given: pass at least one results/<experiment>/<run-id>")
-    members, metrics, embeddings, configs = [], [], {}, {}
+    members, metrics, embeddings, configs, axes = [], [], {}, {}, {}
     for run_dir, label in zip(run_dirs, _run_labels(run_dirs), strict=True):
         m = results.read_table(run_dir, "members").assign(run=label)
         members.append(m)
+        axes[label] = grid_axes(m)  # before the concatenation, which puts another run's axes at the end
         if (run_dir / "metrics.parquet").is_file() or (run_dir / "metrics").is_dir():
             metrics.append(results.read_metrics(run_dir).assign(run=label))  # a running run's parts too
         if (run_dir / "embeddings.parquet").is_file():
@@ -79,4 +82,4 @@ def load_runs(run_dirs: list[Path]) -> Runs:
     if metrics:
         keys = ["run", "member", "tau_mode", "tau_init", "seed", "series"]
         metrics_df = pd.concat(metrics, ignore_index=True).merge(members_df[keys], on=["run", "member"])
-    return Runs(list(run_dirs), members_df, metrics_df, embeddings, configs)
+    return Runs(list(run_dirs), members_df, metrics_df, embeddings, configs, axes)

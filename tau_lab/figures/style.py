@@ -7,6 +7,7 @@ plotting opens no window and leaves the caller's backend and rcParams alone.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -15,7 +16,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.textpath import text_to_path
+from matplotlib.ticker import FuncFormatter, Locator, LogLocator, NullFormatter
 
 from tau_lab.analysis.tables import AXIS_NAMES, pooled
 from tau_lab.figures import DPI
@@ -75,11 +77,68 @@ def minus(value: float, fmt: str = "g") -> str:
 
 
 def log_ticks(axis: Any) -> None:
-    """Ticks at 1, 2 and 5 × 10^k written as plain numbers, no minor labels: a log axis over less than two
-    decades would otherwise print overlapping minor labels such as 2×10⁻², 3×10⁻²."""
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    """Ticks written as plain numbers (``PlainLogLocator``: 1, 2 and 5 × 10^k where their labels fit), no minor
+    labels: a log axis over less than two decades would otherwise print overlapping minor labels such as
+    2×10⁻², 3×10⁻²."""
+    axis.set_major_locator(PlainLogLocator())
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axis.set_minor_formatter(NullFormatter())
+
+
+class PlainLogLocator(Locator):
+    """Major ticks of a log axis whose plain labels (``f"{value:g}"``) never touch.
+
+    The first of these that fits: 1, 2 and 5 × 10^k; 1 × 10^k; 1 × 10^k every 2nd, 3rd, … decade. A set fits
+    when, at the axis's length in pixels at draw time, every two neighbouring labels in view are at least
+    ``GAP`` font sizes apart (label widths from the font's metrics). Over three decades of a 4-inch panel,
+    0.001, 0.002 and 0.005 do not fit ("0.0010.002"), and the decades alone do.
+    """
+
+    GAP = 0.6  # the least space between two labels, in font sizes
+    CANDIDATES = ((1.0, 2.0, 5.0), (1.0,))
+
+    def __call__(self) -> Sequence[float]:
+        vmin, vmax = self.axis.get_view_interval()
+        return self.tick_values(vmin, vmax)
+
+    def tick_values(self, vmin: float, vmax: float) -> Sequence[float]:
+        lo, hi = sorted((vmin, vmax))
+        if not 0 < lo < hi or not np.isfinite(hi):
+            return LogLocator(subs=(1.0, 2.0, 5.0)).tick_values(vmin, vmax)
+        first, last = int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi)))
+        pixels_per_decade = self._length() / np.log10(hi / lo)
+        fallback: list[float] = []
+        for stride in range(1, last - first + 2):
+            for subs in self.CANDIDATES if stride == 1 else self.CANDIDATES[-1:]:
+                ticks = [s * 10.0**k for k in range(first, last + 1) if k % stride == 0 for s in subs]
+                shown = [t for t in ticks if lo * (1 - 1e-9) <= t <= hi * (1 + 1e-9)]
+                if len(shown) < 2:  # one label or none cannot collide, but says little: keep looking
+                    fallback = fallback or ticks
+                    continue
+                if self._fits(shown, pixels_per_decade):
+                    return ticks
+        return fallback or [10.0**first]
+
+    def _length(self) -> float:
+        """The axis's length in pixels (its axes' size now: at draw time, after the layout)."""
+        box = self.axis.axes.bbox
+        return box.width if self.axis.axis_name == "x" else box.height
+
+    def _fits(self, ticks: list[float], pixels_per_decade: float) -> bool:
+        label = self.axis.majorTicks[0].label1  # the tick labels' font
+        size = label.get_fontsize() * self.axis.figure.dpi / 72  # pixels
+        if self.axis.axis_name != "x":  # labels stacked vertically need their height only
+            widths = [size] * len(ticks)
+        else:
+            font = label.get_fontproperties()
+            widths = [
+                text_to_path.get_text_width_height_descent(f"{t:g}", font, ismath=False)[0] * self.axis.figure.dpi / 72
+                for t in ticks
+            ]
+        for (a, wa), (b, wb) in itertools.pairwise(zip(ticks, widths, strict=True)):
+            if pixels_per_decade * np.log10(b / a) < (wa + wb) / 2 + self.GAP * size:
+                return False
+        return True
 
 
 def t2_text(t2: bool) -> str:

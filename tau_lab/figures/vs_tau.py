@@ -3,6 +3,7 @@ alignment–uniformity planes."""
 
 from __future__ import annotations
 
+import numpy as np
 import seaborn as sns
 from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
@@ -10,6 +11,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from tau_lab.analysis import over_seeds
+from tau_lab.analysis.findings import AXIS_WORDS, axis_text
+from tau_lab.analysis.headline import HEADLINES
 from tau_lab.figures import FigureSpec, style
 from tau_lab.figures.runs import Runs
 
@@ -27,13 +30,9 @@ FINAL = {  # name: (what it is, how to read it)
     **{f"{m}{s}": (f"{what}{text}", how) for m, (what, how) in GEOMETRY.items() for s, text in SPACES.items()},
     "cross_similarity": ("cross-class similarity", "mean cosine, lower = classes further apart"),
 }
-HEADLINE = {  # the tasks' headline metrics: name: (what it is, how to read it)
-    "probe_accuracy": ("linear-probe accuracy", "test split, encoder output h, higher = better"),
-    "knn_accuracy": ("k-NN accuracy", "test split, encoder output h, higher = better"),
-    "recall_a2b": ("recall@1 a → b", "test pairs, higher = better"),
-    "recall_b2a": ("recall@1 b → a", "test pairs, higher = better"),
-    "recall_i2t": ("recall@1 image → text", "test split, higher = better"),
-    "recall_t2i": ("recall@1 text → image", "test split, higher = better"),
+HEADLINE_TASKS = ("simclr", "clip", "pairs")
+HEADLINE = {  # the headline metrics of those tasks: name: (what it is, how to read it)
+    h.column: (h.name, h.how) for h in HEADLINES if set(h.tasks) & set(HEADLINE_TASKS)
 }
 
 
@@ -113,6 +112,58 @@ def against_tau(runs: Runs, panels: dict[str, tuple[str, str]], what: str) -> Fi
     return fig
 
 
+def headline_by_axis(runs: Runs, label: str) -> Figure | None:
+    """The τ × axis interaction of run ``label``: a row per grid axis that varies (``lr``, ``batch_size``, …),
+    a column per headline metric; x = fixed τ (log), y = the mean over seeds with its 95% t-interval
+    (``mean ± t₀.₉₇₅,ₙ₋₁ · sd / √n``), a line per value of the row's axis. Other varying axes are pooled, and
+    the title says so."""
+    members = runs.members[runs.members["run"] == label]
+    ok = members[(members["status"] == "ok") & (members["tau_mode"] == "fixed")]
+    names = [m for m in HEADLINE if m in ok.columns and ok[m].notna().any()]
+    varying = [a for a in runs.axes.get(label, []) if ok[a].nunique() > 1]
+    if not names or not varying or ok["tau_init"].nunique() < 2:
+        return None
+    from scipy import stats  # slow to import: only when this figure is drawn
+
+    fig, axes = style.figure(4.2 * len(names) + 1.8, 3.4 * len(varying) + 0.8, nrows=len(varying), ncols=len(names))
+    for row, axis in zip(axes, varying, strict=True):
+        values = sorted(ok[axis].unique())
+        colours = dict(zip(values, sns.color_palette("flare", len(values)), strict=True))
+        table = over_seeds(ok, [axis, "tau_init"], names)
+        for ax, name in zip(row, names, strict=True):
+            for value, part in table.groupby(axis, sort=True):
+                n = part["seeds"].to_numpy()
+                t = np.where(n > 1, stats.t.ppf(0.975, np.maximum(n - 1, 1)), np.nan)
+                half = np.nan_to_num(t * part[f"{name}_sd"].to_numpy() / np.sqrt(n))
+                ax.errorbar(
+                    part["tau_init"].to_numpy(float),
+                    part[f"{name}_mean"].to_numpy(float),
+                    yerr=half,
+                    color=colours[value],
+                    marker="o",
+                    capsize=3,
+                    label=axis_text(axis, value),
+                )
+            ax.set_xscale("log")
+            style.log_ticks(ax.xaxis)
+            short, explanation = HEADLINE[name]
+            ax.set(
+                xlabel="fixed τ (log scale)",
+                ylabel=short,
+                title=f"{short} by {AXIS_WORDS.get(axis, axis)}\n{explanation}",
+            )
+        row[-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, title=AXIS_WORDS.get(axis, axis))
+    spread = style.pooled_text(ok, [varying[0], "tau_init"], unit="point", band="")
+    rows = "; each row pools the other axes" if len(varying) > 1 else ""
+    study = runs.dirs[list(dict.fromkeys(runs.members["run"])).index(label)].resolve().parent.name
+    lines = ", ".join(AXIS_WORDS.get(a, a) for a in varying)
+    fig.suptitle(
+        f"{study} ({label}): headline metrics against fixed τ, a line per value of {lines}\n"
+        f"{spread}{rows}; bars: 95% t-interval over seeds"
+    )
+    return fig
+
+
 def planes(runs: Runs) -> Figure | None:
     """The alignment–uniformity and uniformity–tolerance planes: a point per member, colour by final τ."""
     pairs = [
@@ -171,9 +222,18 @@ FIGURES = [
     ),
     FigureSpec(
         "headline_metrics",
-        "The tasks' headline metrics against τ (linear-probe and k-NN accuracy, recall@1), mean ± sd over seeds.",
-        ("simclr", "clip", "pairs"),
+        "The tasks' headline metrics against τ (linear-probe, k-NN and zero-shot accuracy, recall@1), mean ± sd "
+        "over seeds.",
+        HEADLINE_TASKS,
         headline_metrics,
+    ),
+    FigureSpec(
+        "headline_by_axis",
+        "The τ × axis interaction: the headline metrics against fixed τ, a line per value of each grid axis that "
+        "varies (learning rate, batch size, …), mean over seeds with 95% t-intervals.",
+        HEADLINE_TASKS,
+        headline_by_axis,
+        per_run=True,
     ),
     FigureSpec(
         "planes",

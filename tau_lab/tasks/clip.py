@@ -175,7 +175,6 @@ class CLIP(contrastive.ContrastiveTask):
         model = experiment.model.model_dump()
         self.params = init_population(self.seeds, lambda: MiniCLIP(len(self.vocab), **model), self.seed_row)
         self.load_digits()
-        self.batch_size = self.data.batch_size
         dtype = torch.get_default_dtype()
         self.bags = captions.bag_table(self.vocab).to(device, dtype)  # [T, 10, S, V]
         noise = torch.tensor([m["caption_noise"] for m in members], device=device)

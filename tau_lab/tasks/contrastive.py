@@ -1,7 +1,9 @@
 """What the contrastive tasks (``simclr``, ``clip``, ``pairs``) share.
 
-- ``Sweep``: τ, its mode and seeds, plus the temperature's own learning rate and weight decay per member;
+- ``Sweep``: τ, its mode and seeds, plus the temperature's own learning rate and weight decay per member,
+  and the batch size per population;
 - ``clamp_batch_size``: a batch larger than the training set is cut to it, with one warning line;
+- ``population_batch_size``: the batch size of a population's rows;
 - ``DigitsData``: the ``[data]`` table the digits tasks share;
 - ``ContrastiveTask``: the base of the three: per-seed draws of the step's batch, the digits split, the
   similarity rows with the positive first, the shared inputs of evaluation;
@@ -18,7 +20,7 @@ from typing import Annotated, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
 from tau_lab import metrics
@@ -35,6 +37,13 @@ class Sweep(BaseSweep):
     ``tau_lr`` and ``tau_weight_decay``, when given, are axes of the grid: the learning rate and weight decay
     of a learnable member's ``logit_scale``, in place of ``optimizer.tau_lr`` / ``optimizer.tau_weight_decay``.
     Fixed and scheduled members have no ``logit_scale`` to train and ignore them.
+
+    ``batch_size``, when given, is an axis too, in place of ``data.batch_size``; the engine trains the members
+    of each size as a population of their own (``engine.chunks``), since every member of a population takes
+    the same step shapes. Members of one seed start from the same weights whatever their batch size, and a
+    seed's batch of B is the first B of its batch of B' > B (``draw_batch``): the sizes are paired. A size
+    larger than the training set is clamped to it, as ``data.batch_size`` is: ``config.validate`` hands the
+    validated ``[data]`` table as the context, and its ``batch_limit`` says how many examples there are.
     """
 
     tau_lr: list[Annotated[float, Field(gt=0)]] | None = Field(
@@ -43,6 +52,18 @@ class Sweep(BaseSweep):
     tau_weight_decay: list[Annotated[float, Field(ge=0)]] | None = Field(
         None, min_length=1, description="weight decay of a learnable τ's logit_scale, per member"
     )
+    batch_size: list[Annotated[int, Field(ge=2)]] | None = Field(
+        None, min_length=1, description="examples per step; each size trains as a population of its own"
+    )
+
+    @field_validator("batch_size")
+    @classmethod
+    def _fits(cls, values: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        limit = getattr((info.context or {}).get("data"), "batch_limit", None)
+        if values is None or limit is None or limit() is None:
+            return values
+        available, what = limit()
+        return [clamp_batch_size(b, available, what, "sweep.batch_size") for b in values]
 
 
 class DigitsData(Schema):
@@ -54,18 +75,30 @@ class DigitsData(Schema):
 
     @model_validator(mode="after")
     def _fits(self) -> DigitsData:
-        available = digits_train_size(self.test_fraction, self.split_seed)
-        self.batch_size = clamp_batch_size(self.batch_size, available, "training images")
+        self.batch_size = clamp_batch_size(self.batch_size, *self.batch_limit())
         return self
 
+    def batch_limit(self) -> tuple[int, str]:
+        """The most examples a batch can draw, and what they are (a ``Sweep.batch_size`` is clamped to it too)."""
+        return digits_train_size(self.test_fraction, self.split_seed), "training images"
 
-def clamp_batch_size(batch_size: int, available: int, what: str) -> int:
+
+def clamp_batch_size(batch_size: int, available: int, what: str, key: str = "data.batch_size") -> int:
     """``batch_size``, or ``available`` with one warning line when the batch is larger: a batch draws without
     replacement. Schemas call it, so that the recorded config holds the size used."""
     if batch_size <= available:
         return batch_size
-    warn(f"data.batch_size = {batch_size} is larger than the {available} {what}: using batch_size = {available}")
+    warn(f"{key} = {batch_size} is larger than the {available} {what}: using batch_size = {available}")
     return available
+
+
+def population_batch_size(members: list[dict[str, Any]], default: int) -> int:
+    """The batch size of a population: its rows' ``batch_size`` (a sweep axis), else ``default``
+    (``data.batch_size``). ``engine.chunks`` never puts two sizes in one population."""
+    sizes = {m.get("batch_size", default) for m in members}
+    if len(sizes) != 1:
+        raise ValueError(f"one population, batch sizes {sorted(sizes)}: engine.chunks trains each size apart")
+    return sizes.pop()
 
 
 def digits_train_size(test_fraction: float, split_seed: int) -> int:
@@ -91,8 +124,8 @@ def draw_batch(n: int, size: int, generator: torch.Generator) -> Tensor:
 class ContrastiveTask(TaskBase):
     """The base of the contrastive tasks.
 
-    Subclasses set ``n_train`` and ``batch_size`` (and, for ``similarities``, ``columns``:
-    ``losses.positive_first`` of their batch) before they draw.
+    ``batch_size`` is the population's (``population_batch_size``); subclasses set ``n_train`` (and, for
+    ``similarities``, ``columns``: ``losses.positive_first`` of their batch) before they draw.
     """
 
     n_train: int
@@ -102,6 +135,7 @@ class ContrastiveTask(TaskBase):
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
         self.data, self.device = experiment.data, device
         self.seeds, self.seed_row = member_seeds(members, device)
+        self.batch_size = population_batch_size(members, self.data.batch_size)
 
     def load_digits(self) -> None:
         """The digits split of ``data.test_fraction`` and ``data.split_seed``, images in the default dtype:

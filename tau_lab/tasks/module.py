@@ -180,7 +180,7 @@ class ModuleTask(contrastive.ContrastiveTask):
         self.train_a, self.train_b, self.test_a, self.test_b = a[~test], b[~test], a[test], b[test]
         self.test_labels = None if labels is None else labels.to(device)[test]
         self.n_train = len(self.train_a)
-        self.batch_size = contrastive.clamp_batch_size(self.data.batch_size, self.n_train, "training pairs")
+        self.batch_size = contrastive.clamp_batch_size(self.batch_size, self.n_train, "training pairs")
         self.reference_module = build  # one member's module, for standalone loops
         modules = [build(s).to(device, dtype) for s in self.seeds]
         stacked = stack_modules(modules, {name: name for name, _ in modules[0].named_parameters()})

@@ -67,10 +67,13 @@ class Data(Schema):
 
     @model_validator(mode="after")
     def _fits(self) -> Data:
-        pairs = read(self.path)
-        available = int((~split(len(pairs.a), pairs.labels, self.test_fraction, self.split_seed)).sum())
-        self.batch_size = contrastive.clamp_batch_size(self.batch_size, available, "training pairs")
+        self.batch_size = contrastive.clamp_batch_size(self.batch_size, *self.batch_limit())
         return self
+
+    def batch_limit(self) -> tuple[int, str]:
+        """The most pairs a batch can draw (a ``Sweep.batch_size`` is clamped to it too)."""
+        pairs = read(self.path)
+        return int((~split(len(pairs.a), pairs.labels, self.test_fraction, self.split_seed)).sum()), "training pairs"
 
 
 class Model(Schema):

@@ -84,7 +84,6 @@ class SimCLR(contrastive.ContrastiveTask):
         super().__init__(experiment, members, device)
         self.params = init_population(self.seeds, lambda: Network(**experiment.model.model_dump()), self.seed_row)
         self.load_digits()
-        self.batch_size = self.data.batch_size
         g = torch.Generator(device).manual_seed(self.data.split_seed)
         self.test_views = augment(self.test_x.expand(2, -1, -1), g, self.data.augment)  # [2, N_test, 64]
         self.columns = losses.positive_first(2 * self.batch_size, views=True, device=device)
