@@ -510,3 +510,60 @@ def test_findings_say_per_axis_value_the_best_tau_and_whether_it_moves() -> None
     # one seed: no interval, said so
     one = findings(members[members["seed"] == 0])
     assert any("Δ log10(best τ) +1.000 (1 seed: no interval)" in s for s in one)
+
+
+# ------------------------------------------------------------------------------------------ SigLIP − CLIP
+
+
+def _losses_table() -> pd.DataFrame:
+    """A clip study's members: two losses × two τ × three seeds, one diverged, in the engine's column order."""
+    rows = []
+    acc = {  # (objective, τ): accuracy per seed
+        ("clip", 0.1): [0.90, 0.92, 0.94],
+        ("siglip", 0.1): [0.95, 0.97, 0.98],
+        ("clip", 1.0): [0.97, 0.96, 0.98],
+        ("siglip", 1.0): [0.96, 0.97, 0.99],
+    }
+    for (objective, tau), values in acc.items():
+        for seed, v in enumerate(values):
+            status = "diverged" if (objective, tau, seed) == ("siglip", 1.0, 2) else "ok"
+            bias = -8.0 - seed if objective == "siglip" else math.nan
+            rows.append(
+                {
+                    "member": len(rows),
+                    "tau_mode": "learnable",
+                    "tau_init": tau,
+                    "objective": objective,
+                    "seed": seed,
+                    "status": status,
+                    "zero_shot_ensemble": v,
+                    "tau": tau / 2,
+                    "logit_bias": bias,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_siglip_minus_clip_is_paired_by_seed_by_hand() -> None:
+    members = _losses_table()
+    got = analysis.objectives.siglip_minus_clip(members, "zero_shot_ensemble").set_index("tau_init")
+    d = np.array([0.05, 0.05, 0.04])
+    half = T_975_2 * d.std(ddof=1) / math.sqrt(3)
+    row = got.loc[0.1]
+    assert (row.delta, row.low, row.high, row.pairs) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half, 3))
+    assert row.siglip == pytest.approx(np.mean([0.95, 0.97, 0.98]))
+    assert bool(row.distinguishable)
+    row = got.loc[1.0]  # seed 2's SigLIP member diverged: two pairs, −0.01 and +0.01
+    assert (row.delta, row.pairs) == pytest.approx((0.0, 2))
+    assert not bool(row.distinguishable)
+    assert row["siglip"] == pytest.approx(0.965) and row["clip"] == pytest.approx(0.97)  # CLIP keeps its 3 seeds
+    learned = analysis.objectives.learned(members).set_index(["objective", "tau_init"])
+    assert learned.loc[("siglip", 0.1), "logit_bias_mean"] == pytest.approx(-9.0)
+    assert learned.loc[("siglip", 1.0), "seeds"] == 2
+    assert math.isnan(learned.loc[("clip", 0.1), "logit_bias_mean"])
+    titles = list(analysis.summary_tables("clip", members))
+    assert titles == [
+        "SigLIP − CLIP, zero_shot_ensemble, paired by seed",
+        "learned τ and bias at the end (learnable members)",
+    ]
+    assert analysis.summary_tables("clip", members[members.objective == "clip"]) == {}

@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import pandas as pd
 
-from tau_lab.analysis import distill, findings
-from tau_lab.analysis.tables import compare_to_best, over_seeds, paired_interval, pooled
+from tau_lab.analysis import distill, findings, objectives
+from tau_lab.analysis.tables import compare_to_best, over_seeds, paired_difference, paired_interval, pooled
 
-__all__ = ["compare_to_best", "distill", "findings", "over_seeds", "paired_interval", "pooled", "summary_tables"]
+__all__ = [
+    "compare_to_best",
+    "distill",
+    "findings",
+    "objectives",
+    "over_seeds",
+    "paired_difference",
+    "paired_interval",
+    "pooled",
+    "summary_tables",
+]
 
-SUMMARY_TABLES = {"distill": distill.summary_tables}  # task: its own tables, printed by `tau-lab sweep`
+SUMMARY_TABLES = {
+    "distill": distill.summary_tables,
+    "clip": objectives.summary_tables,
+}  # task: its own tables, printed by `tau-lab sweep`
 
 
 def summary_tables(task: str, members: pd.DataFrame) -> dict[str, pd.DataFrame]:

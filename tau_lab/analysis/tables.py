@@ -26,6 +26,7 @@ AXIS_NAMES = {  # grid axis: how a title counts its values ("2 α", "3 labelled 
     "tau_weight_decay": "τ weight decays",
     "lr": "learning rates",
     "batch_size": "batch sizes",
+    "objective": "losses",
 }
 
 
@@ -120,6 +121,47 @@ def compare_to_best(
         dtype="boolean",
     )
     return table
+
+
+def paired_difference(
+    members: pd.DataFrame, axis: str, a: object, b: object, by: Sequence[str], metric: str, level: float = 0.95
+) -> pd.DataFrame:
+    """``metric`` at ``axis = a`` minus ``metric`` at ``axis = b``, per group of ``by``, paired by seed.
+
+    One row per group of ``by`` that has both: ``by``, ``a`` and ``b`` (the means over seeds), ``delta``,
+    ``low``, ``high``, ``pairs`` (``paired_interval`` of the per-seed values, a − b) and ``distinguishable``
+    (the interval excludes 0; NA when fewer than two pairs give no interval). Finished members with a finite
+    value only; a group's members of one seed are averaged (axes not in ``by`` are pooled).
+    """
+    by = list(by)
+    ok = finished(members)
+    ok = ok[np.isfinite(ok[metric].astype(float))]
+    per_seed = ok.groupby([axis, *by, "seed"])[metric].mean()
+    rows = []
+    groups = per_seed.index.droplevel([axis, "seed"]).unique() if by else [()]
+    for key in groups:
+        key = key if isinstance(key, tuple) else (key,)
+        try:
+            side_a, side_b = (per_seed.xs((side, *key), level=[axis, *by]) for side in (a, b))
+        except KeyError:  # the group lacks one side
+            continue
+        delta, low, high, pairs = paired_interval(side_a, side_b, level)
+        covers = low <= 0 <= high
+        rows.append(
+            {
+                **dict(zip(by, key, strict=True)),
+                str(a): side_a.mean(),
+                str(b): side_b.mean(),
+                "delta": delta,
+                "low": low,
+                "high": high,
+                "pairs": pairs,
+                "distinguishable": pd.NA if np.isnan(low) else not covers,
+            }
+        )
+    table = pd.DataFrame(rows, columns=[*by, str(a), str(b), "delta", "low", "high", "pairs", "distinguishable"])
+    table["distinguishable"] = table["distinguishable"].astype("boolean")
+    return table.sort_values(by, kind="stable", ignore_index=True) if by else table
 
 
 def shape(means: pd.Series) -> dict[str, object]:
