@@ -164,3 +164,14 @@ def test_bias_init_and_the_objective_axis_are_checked():
         _load("sweep.objective=['sigmoid']")
     with pytest.raises(ConfigError, match=r"model\.bias_init = inf"):
         _load("model.bias_init=inf")
+
+
+def test_the_digits_siglip_study_pairs_both_losses_in_each_batch_sizes_population():
+    exp, _ = config.load_experiment("digits_siglip")
+    populations = engine.chunks(exp, config.members(exp))
+    assert [{r["batch_size"] for r in p} for p in populations] == [{32}, {128}, {256}]
+    for population in populations:
+        settings = {}
+        for r in population:
+            settings.setdefault((r["seed"], r["tau_mode"], r["tau_init"]), set()).add(r["objective"])
+        assert len(settings) == 3 * 2 * 4 and all(s == {"clip", "siglip"} for s in settings.values())

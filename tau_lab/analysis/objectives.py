@@ -11,8 +11,10 @@ METRICS = ("zero_shot_ensemble", "zero_shot_single", "recall_i2t")  # the clip t
 
 
 def _settings(members: pd.DataFrame) -> list[str]:
-    """The columns a comparison is made within: τ's mode and start, and the grid axes but ``objective``."""
-    return ["tau_mode", "tau_init", *(a for a in grid_axes(members) if a != "objective")]
+    """The columns a comparison is made within: τ's mode and start, and the grid axes that vary but
+    ``objective``."""
+    axes = [a for a in grid_axes(members) if a != "objective" and members[a].nunique() > 1]
+    return ["tau_mode", "tau_init", *axes]
 
 
 def siglip_minus_clip(members: pd.DataFrame, metric: str, level: float = 0.95) -> pd.DataFrame:
