@@ -14,7 +14,6 @@ import logging
 import math
 import shlex
 import signal
-import tomllib
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -141,9 +140,9 @@ def experiments_command() -> None:
 
     for name, path in config.known_experiments().items():
         try:
-            description = tomllib.loads(path.read_text()).get("description", "")
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            description = f"(not a readable TOML file: {err})"
+            description = config.read_toml(path).get("description", "")
+        except config.ConfigError as err:
+            description = f"(not readable: {err})"
         typer.echo(f"{name:<24} {description}")
 
 

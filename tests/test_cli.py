@@ -69,6 +69,9 @@ def test_table_terminal_and_markdown():
         (["sweep", "quadrants", "--set", "sweep.tau_mode=['hot']"], "'hot' is not allowed"),
         (["sweep", "quadrants", "--set", "sweep.tau=[0.0001]"], "outside the clamp"),
         (["sweep", "quadrants", "--set", "steps"], "expected key=value"),
+        (["sweep", "quadrants", "--set", "steps=[1,"], "steps = '[1,': Input should be a valid integer"),
+        # a command line's byte that is not UTF-8 reaches Python as a lone surrogate (U+DC80 + the byte)
+        (["sweep", "quadrants", "--set", "description=caf\udce9"], "byte 0xe9 at position 15 is not UTF-8 text"),
         (["sweep", "quadrants", "--resume", "/nonexistent/run"], "not a run directory"),
     ],
 )
@@ -178,16 +181,21 @@ def test_only_user_errors_are_one_line_an_internal_value_error_is_a_traceback(tm
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
-    [("steps = = 3", "not valid TOML"), (None, "not found: no file")],
+    ("data", "message"),
+    [
+        (b"steps = = 3", "not valid TOML: Invalid value (at line 1, column 9)"),
+        (None, "not found: no file"),
+        # é saved as latin-1: one byte 0xe9, not UTF-8's two; line 1 is 19 bytes with its newline
+        ("task = 'quadrants'\ndescription = 'café'\n".encode("latin-1"), "byte 0xe9 at line 2, column 19 (byte 37)"),
+    ],
 )
-def test_unreadable_experiment_files_are_one_line(tmp_path, text, message):
+def test_unreadable_experiment_files_are_one_line(tmp_path, data, message):
     path = tmp_path / "mine.toml"
-    if text is not None:
-        path.write_text(text)
+    if data is not None:
+        path.write_bytes(data)
     result = run("sweep", str(path), "--results", str(tmp_path))
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
-    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr and str(path) in result.stderr
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["sweep", "--help"]])
