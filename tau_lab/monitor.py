@@ -79,14 +79,18 @@ class TensorBoardSink:
 
     def record(self, member_ids: list[int], step: int, values: dict[str, Tensor]) -> None:
         """``values``: ``{metric: [K]}``; one scalar per member and metric at ``step``."""
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
         names = list(values)
-        table = torch.stack([values[n] for n in names]).cpu().tolist()  # [metrics, K]: one copy to the host
-        for k, member in enumerate(member_ids):
+        table = torch.stack([values[n] for n in names]).T.cpu().tolist()  # [K, metrics]: one copy to the host
+        for member, row in zip(member_ids, table, strict=True):
             writer = self.writers.get(member)
             if writer is None:
                 writer = self.writers[member] = self._open(member, step)
-            for name, row in zip(names, table, strict=True):
-                writer.add_scalar(name, row[k], step)
+            # one event per member and step holding every metric (add_scalar's simple_value, a float32):
+            # a sixth of add_scalar's time for the quadrants task's 17 metrics
+            summary = Summary(value=[Summary.Value(tag=n, simple_value=v) for n, v in zip(names, row, strict=True)])
+            writer.file_writer.add_summary(summary, step)
 
     def flush(self) -> None:
         for writer in self.writers.values():
