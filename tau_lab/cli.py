@@ -3,8 +3,8 @@
 Only ``UserError`` (bad input: an experiment file, an override, data, a run directory, a path that
 cannot be written) is shown as one line with exit code 2; anything else is a bug and shows its
 traceback. Ctrl-C prints the command that resumes and exits 130; SIGTERM (a scheduler's stop, ``timeout``,
-``kill``) does the same and exits 143, 128 + the signal's number as shells report it. torch, pandas, Optuna and the
-plots are imported inside the commands, so that ``--help`` and ``--version`` answer at once.
+``kill``) does the same and exits 143: 128 + the signal's number, as shells report it. torch, pandas, Optuna
+and the plots are imported inside the commands, so that ``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -200,7 +200,8 @@ class _SweepCommand(TyperCommand):
 
 @contextlib.contextmanager
 def _stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM stops the command as Ctrl-C does (during training the engine checkpoints the step first)."""
+    """SIGTERM stops the command as Ctrl-C does (during training the engine checkpoints the step first);
+    before a run exists there is nothing to resume: exit code 143 alone."""
     from tau_lab.engine import Stopped
 
     def handler(signum: int, frame: Any) -> None:
@@ -209,6 +210,9 @@ def _stop_on_sigterm() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    except Stopped as stop:  # the commands turn a stop during a run into the resume command
+        typer.echo("terminated", err=True)
+        raise typer.Exit(128 + stop.signum) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 

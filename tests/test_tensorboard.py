@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from typer.testing import CliRunner
@@ -130,3 +132,13 @@ def test_without_the_package_one_line_names_the_extra_and_nothing_is_written(tmp
     assert not (tmp_path / "r").exists() and not (tmp_path / "tb").exists()
     with pytest.raises(UserError, match=r"pip install 'tau-lab\[tensorboard\]'"):
         tau_lab.sweep("quadrants", overrides=SMALL, results=tmp_path / "r", tensorboard=tmp_path / "tb")
+
+
+@given(st.binary(max_size=2000))
+@settings(max_examples=200, deadline=None)
+def test_the_fast_checksum_is_tensorboards(data):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    # the other tests read the event files back through TensorBoard's reader, which checks every record's
+    # checksums with this pure-Python function (a mismatch ends the file there)
+    assert monitor.masked_crc32c(data) == masked_crc32c(data)
