@@ -61,7 +61,8 @@ def _assert_matches(logdir: Path, metrics: pd.DataFrame, members: pd.DataFrame) 
 
 
 def test_sweep_writes_every_members_series_equal_to_the_metrics_table(tmp_path):
-    args = [arg for item in SMALL for arg in ("--set", item)]
+    # a memory budget of two members per chunk: two populations, each closing its writers when it ends
+    args = [arg for item in [*SMALL, "memory_budget_mb=0.00123"] for arg in ("--set", item)]
     result = _run(
         "sweep", "quadrants", *args, "--results", str(tmp_path / "r"), "--tensorboard", str(tmp_path / "tb"), "--quiet"
     )
@@ -69,6 +70,7 @@ def test_sweep_writes_every_members_series_equal_to_the_metrics_table(tmp_path):
     (run_dir,) = (tmp_path / "r" / "quadrants").iterdir()
     metrics, members = pd.read_parquet(run_dir / "metrics.parquet"), pd.read_parquet(run_dir / "members.parquet")
     assert len(members) == 4 and {"loss", "grad_norm", "tau", "alignment"} <= set(metrics.metric)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["chunk-0.pt", "chunk-1.pt"]
     _assert_matches(tmp_path / "tb" / "quadrants" / run_dir.name, metrics, members)
 
 
