@@ -487,13 +487,12 @@ def run_batch(study: optuna.Study, search: Search, trials: list[Trial]) -> Path:
                 prune[i] = True
         return prune
 
-    rows = member_rows(search, trials)
-    sink = None
-    if search.tensorboard is not None:
-        from tau_lab import monitor
-
-        sink = monitor.TensorBoardSink(monitor.logdir(search.tensorboard, search.directory), rows)
     try:
+        rows, sink = member_rows(search, trials), None
+        if search.tensorboard is not None:
+            from tau_lab import monitor
+
+            sink = monitor.TensorBoardSink(monitor.logdir(search.tensorboard, search.directory), rows)
         device = engine.resolve_device(search.experiment.device)
         files = results.run_files(config.dumps(search.experiment), device)
         run_dir, out = engine.run_sweep(
