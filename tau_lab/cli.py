@@ -14,6 +14,7 @@ import logging
 import math
 import shlex
 import signal
+import threading
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -203,6 +204,10 @@ def _stop_on_sigterm() -> Iterator[None]:
     """SIGTERM stops the command as Ctrl-C does (during training the engine checkpoints the step first);
     before a run exists there is nothing to resume: exit code 143 alone."""
     from tau_lab.engine import Stopped
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
 
     def handler(signum: int, frame: Any) -> None:
         raise Stopped(signum)
