@@ -49,6 +49,7 @@ def sweep(
     overrides: Sequence[str] = (),
     results: Path | str | None = None,
     progress: bool = False,
+    tensorboard: Path | str | None = None,
 ) -> SweepResult:
     """Train every member of ``experiment`` and return the tables ``tau-lab sweep`` writes.
 
@@ -58,6 +59,8 @@ def sweep(
             the top level of a module (a notebook's too), or its ``"package.module:function"`` name.
         overrides: ``--set`` style ``key=value`` strings.
         results: where run directories go (default: as the CLI).
+        tensorboard: a folder where every member's metrics are written while it trains, as
+            ``tensorboard/<experiment>/<run-id>/member-<id>`` (needs ``pip install 'tau-lab[tensorboard]'``).
     """
     from tau_lab import config, engine
     from tau_lab import results as results_mod
@@ -74,5 +77,14 @@ def sweep(
     else:
         spec, _ = config.load_experiment(str(experiment), overrides)
     root = results_mod.RESULTS_DIR if results is None else Path(results)
-    run_dir, out = engine.run_sweep(spec, spec.name, root=root, progress=progress)
+    sink = run_dir = None
+    if tensorboard is not None:
+        from tau_lab import monitor
+
+        monitor.require()
+        # the run directory first, as the CLI makes it: the TensorBoard runs are named after it
+        files = results_mod.run_files(config.dumps(spec), engine.resolve_device(spec.device))
+        run_dir = results_mod.new_run_dir(spec.name, root, files)
+        sink = monitor.TensorBoardSink(monitor.logdir(Path(tensorboard), run_dir), config.members(spec))
+    run_dir, out = engine.run_sweep(spec, spec.name, run_dir=run_dir, root=root, progress=progress, sink=sink)
     return SweepResult(run_dir, out["members"], out["metrics"], out.get("embeddings"))

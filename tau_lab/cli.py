@@ -2,8 +2,9 @@
 
 Only ``UserError`` (bad input: an experiment file, an override, data, a run directory, a path that
 cannot be written) is shown as one line with exit code 2; anything else is a bug and shows its
-traceback. Ctrl-C prints the command that resumes and exits 130. torch, pandas, Optuna and the
-plots are imported inside the commands, so that ``--help`` and ``--version`` answer at once.
+traceback. Ctrl-C prints the command that resumes and exits 130; SIGTERM (a scheduler's stop, ``timeout``,
+``kill``) does the same and exits 143: 128 + the signal's number, as shells report it. torch, pandas, Optuna
+and the plots are imported inside the commands, so that ``--help`` and ``--version`` answer at once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import logging
 import math
 import shlex
-import tomllib
+import signal
+import threading
 from collections.abc import Iterator
 from enum import StrEnum
 from pathlib import Path
@@ -43,7 +45,6 @@ app = typer.Typer(
 )
 _debug = {"on": False}
 UNBOUNDED = 100_000  # the width of a "console" that is a file: tables keep their natural width
-INTERRUPTED = 130  # the exit code of a command that Ctrl-C stopped, as shells report SIGINT
 
 
 @contextlib.contextmanager
@@ -140,9 +141,9 @@ def experiments_command() -> None:
 
     for name, path in config.known_experiments().items():
         try:
-            description = tomllib.loads(path.read_text()).get("description", "")
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
-            description = f"(not a readable TOML file: {err})"
+            description = config.read_toml(path).get("description", "")
+        except config.ConfigError as err:
+            description = f"(not readable: {err})"
         typer.echo(f"{name:<24} {description}")
 
 
@@ -197,9 +198,34 @@ class _SweepCommand(TyperCommand):
         pass  # computed when the help is drawn
 
 
-def _interrupted(resume: str) -> typer.Exit:
-    typer.echo(f"interrupted: resume with: {resume}", err=True)
-    return typer.Exit(INTERRUPTED)
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does (during training the engine checkpoints the step first);
+    before a run exists there is nothing to resume: exit code 143 alone."""
+    from tau_lab.engine import Stopped
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    except Stopped as stop:  # the commands turn a stop during a run into the resume command
+        typer.echo("terminated", err=True)
+        raise typer.Exit(128 + stop.signum) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(resume: str, stop: KeyboardInterrupt) -> typer.Exit:
+    """The resume command on stderr; exit code 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    signum = getattr(stop, "signum", signal.SIGINT)
+    typer.echo(f"{'interrupted' if signum == signal.SIGINT else 'terminated'}: resume with: {resume}", err=True)
+    return typer.Exit(128 + signum)
 
 
 def _load_for_resume(run_dir: Path, experiment: str | None, overrides: list[str]) -> config.Experiment:
@@ -243,10 +269,17 @@ def sweep_command(
         Path, typer.Option("--results", envvar="TAU_LAB_RESULTS", help="Where run directories go.")
     ] = Path("results"),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no summary table.")] = False,
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every member's metrics to this TensorBoard folder as it trains: DIR/<experiment>/<run-id>/"
+            "member-<id> (open with tensorboard --logdir DIR)."
+        ),
+    ] = None,
 ) -> None:
     """Train every member of EXPERIMENT's grid (τ × mode × seeds) as one population.
 
-    Each run gets results/<experiment>/<run-id>/; Ctrl-C prints the command that resumes it.
+    Each run gets results/<experiment>/<run-id>/; Ctrl-C or SIGTERM prints the command that resumes it.
     """
     from tau_lab import config, engine
 
@@ -256,7 +289,11 @@ def sweep_command(
             overrides.append(f"{key}={value}")
     if compile is not None:
         overrides.append(f"compile={str(compile).lower()}")
-    with user_errors():
+    with user_errors(), _stop_on_sigterm():
+        if tensorboard is not None:
+            from tau_lab import monitor
+
+            monitor.require()  # before anything is written
         if resume is not None:
             spec = _load_for_resume(resume, experiment, overrides)
         elif experiment is None:
@@ -269,10 +306,16 @@ def sweep_command(
         if run_dir is None:  # created whole, config and environment in it, so that --resume accepts it at once
             files = results.run_files(config.dumps(spec), engine.resolve_device(spec.device))
             run_dir = results.new_run_dir(name, results_dir, files)
+        sink = None
+        if tensorboard is not None:
+            sink = monitor.TensorBoardSink(monitor.logdir(tensorboard, run_dir), config.members(spec))
         try:
-            run_dir, out = engine.run_sweep(spec, name, run_dir=run_dir, root=results_dir, progress=progress)
-        except KeyboardInterrupt:
-            raise _interrupted(shlex.join(["tau-lab", "sweep", "--resume", str(run_dir)])) from None
+            run_dir, out = engine.run_sweep(spec, name, run_dir=run_dir, root=results_dir, progress=progress, sink=sink)
+        except KeyboardInterrupt as stop:
+            resume_args = ["tau-lab", "sweep", "--resume", str(run_dir)]
+            if tensorboard is not None:
+                resume_args += ["--tensorboard", str(tensorboard)]
+            raise _interrupted(shlex.join(resume_args), stop) from None
     members = out["members"]
     if not quiet:
         print_frame(members[summary_columns(spec.task, members)], title=f"{name}: final metrics")
@@ -327,6 +370,8 @@ def _search_again(command: dict[str, Any], storage_option: bool) -> str:
     if command["seed"] is not None:
         args += ["--seed", str(command["seed"])]
     args += [arg for item in command["set"] for arg in ("--set", item)]
+    if command["tensorboard"] is not None:
+        args += ["--tensorboard", str(command["tensorboard"])]
     return shlex.join(args)
 
 
@@ -363,13 +408,20 @@ def search_command(
     results_dir: Annotated[
         Path, typer.Option("--results", envvar="TAU_LAB_RESULTS", help="Where run directories go.")
     ] = Path("results"),
+    tensorboard: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write every trial's metrics to this TensorBoard folder as it trains: "
+            "DIR/<experiment>/search-<study>/trial-<n>."
+        ),
+    ] = None,
 ) -> None:
     """Optuna over EXPERIMENT's search space: ask K trials, train them as one population, tell K results."""
     import pandas as pd
 
     from tau_lab import search
 
-    with user_errors():
+    with user_errors(), _stop_on_sigterm():
         spec = search.load(
             experiment,
             set_,
@@ -381,13 +433,14 @@ def search_command(
             study_name=study,
             seed=seed,
             root=results_dir,
+            tensorboard=tensorboard,
         )
         if spec.n_trials < trials:
             typer.echo(f"the grid has {spec.n_trials} points: N = {spec.n_trials}")
         logging.basicConfig(level=logging.INFO, format=search.LOG_FORMAT)  # one line per batch, as Optuna logs
         try:
             finished = search.run(spec, workers)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             command = {
                 "experiment": experiment,
                 "trials": trials,
@@ -399,11 +452,12 @@ def search_command(
                 "storage": storage,
                 "seed": seed,
                 "set": set_ or [],
+                "tensorboard": tensorboard,
             }
             # a URL from $TAU_LAB_STORAGE comes from there again; one given as --storage is repeated, redacted
             source = ctx.get_parameter_source("storage")
             from_option = source is not None and source.name == "COMMANDLINE"
-            raise _interrupted(_search_again(command, storage is not None and from_option)) from None
+            raise _interrupted(_search_again(command, storage is not None and from_option), stop) from None
     states = pd.Series([t.state.name.lower() for t in search.counted(finished.trials)]).value_counts()
     counts = ", ".join(f"{n} {state}" for state, n in states.items())
     typer.echo(f"study {spec.study_name}: {counts} trials; in {spec.directory}")

@@ -105,6 +105,29 @@ def _one_line(error: ValidationError, source: str, section: str = "") -> str:
     return f"{source}: {key}{shown}: {message}"
 
 
+def _where(data: bytes, start: int) -> str:
+    """Byte offset ``start`` of ``data`` as line and column (1-based, columns in bytes) and offset."""
+    line = data.count(b"\n", 0, start) + 1
+    column = start - (data.rfind(b"\n", 0, start) + 1) + 1
+    return f"line {line}, column {column} (byte {start})"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; bad bytes or syntax are one line naming the file and where (``ConfigError``)."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: byte 0x{data[err.start]:02x} at {_where(data, err.start)} is not UTF-8: TOML files are "
+            "UTF-8 text (save it as UTF-8)"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+
+
 def parse_value(text: str) -> Any:
     """A ``--set`` value as TOML (``200``, ``[0.1, 0.2]``, ``true``), else as a plain string."""
     try:
@@ -116,6 +139,12 @@ def parse_value(text: str) -> Any:
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``key=value`` overrides (dotted keys reach into tables) to a raw config dict."""
     for item in overrides:
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError as err:  # an argument's undecodable byte arrives as a lone surrogate
+            char = item[err.start]
+            byte = f"byte 0x{ord(char) - 0xDC00:02x}" if 0xDC80 <= ord(char) <= 0xDCFF else f"{char!r}"
+            raise ConfigError(f"--set {item!r}: {byte} at position {err.start} is not UTF-8 text") from None
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set steps=200")
@@ -157,10 +186,7 @@ def resolve_path(name_or_path: str) -> Path:
 def load_experiment(name_or_path: str, overrides: list[str] | None = None) -> tuple[Experiment, Path]:
     """Read, override and validate an experiment file, task settings included."""
     path = resolve_path(name_or_path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"{path}: not valid TOML: {err}") from None
+    raw = read_toml(path)
     experiment = validate(apply_overrides(raw, overrides or []), str(path))
     experiment.name = experiment.name or path.stem
     return experiment, path

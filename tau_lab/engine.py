@@ -26,7 +26,7 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -50,11 +50,20 @@ from tau_lab.tasks.base import StepResult, Task
 from tau_lab.temperature import Temperature
 
 
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during ``run_sweep``: ``run_dir`` is left resumable (``tau-lab sweep --resume RUN_DIR``)."""
+class Stopped(KeyboardInterrupt):
+    """A signal stopped training once the step was checkpointed: ``signum`` is SIGINT (Ctrl-C) or SIGTERM
+    (a scheduler, ``timeout``, ``kill``)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__(f"interrupted: continue with tau-lab sweep --resume {run_dir}")
+    def __init__(self, signum: int = signal.SIGINT, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+
+
+class Interrupted(Stopped):
+    """Ctrl-C or SIGTERM during ``run_sweep``: ``run_dir`` is left resumable (``tau-lab sweep --resume RUN_DIR``)."""
+
+    def __init__(self, run_dir: Path, signum: int = signal.SIGINT) -> None:
+        super().__init__(signum, f"interrupted: continue with tau-lab sweep --resume {run_dir}")
         self.run_dir = run_dir
 
 
@@ -68,24 +77,43 @@ def resolve_device(name: str) -> torch.device:
 # ----------------------------------------------------------------------------- the metric log
 
 
+class MetricSink(Protocol):
+    """Receives every record of a ``MetricLog`` as it is made (live monitoring: ``tau_lab.monitor``)."""
+
+    def record(self, member_ids: list[int], step: int, values: dict[str, Tensor]) -> None:
+        """``values``: ``{metric: [K]}`` float32, one value per member of ``member_ids``."""
+
+    def flush(self) -> None:
+        """Make the records so far visible to readers (called where the log writes its parts)."""
+
+    def close(self) -> None:
+        """Flush, and release what the records of a finished population hold."""
+
+
 class MetricLog:
     """Per-member values ``[K]`` recorded at steps; becomes the long metrics table.
 
     With ``parts`` (a directory) and ``prefix``, ``flush(until)`` appends the records made since the last
     flush as ``parts/{prefix}-{until:08d}.parquet``; ``frame()`` reads them back before the records in memory.
+    A ``sink`` also gets every record as it is made, and a flush at every ``flush``.
     """
 
-    def __init__(self, member_ids: list[int], parts: Path | None = None, prefix: str = "") -> None:
-        self.member_ids, self.parts, self.prefix = member_ids, parts, prefix
+    def __init__(
+        self, member_ids: list[int], parts: Path | None = None, prefix: str = "", sink: MetricSink | None = None
+    ) -> None:
+        self.member_ids, self.parts, self.prefix, self.sink = member_ids, parts, prefix, sink
         self.steps: list[int] = []
         self.names: list[str] = []
         self.values: list[Tensor] = []
 
     def record(self, step: int, values: dict[str, Tensor]) -> None:
-        for name, value in values.items():
+        copies = {name: value.detach().to(torch.float32, copy=True) for name, value in values.items()}
+        for name, value in copies.items():  # copies: never a view of live state
             self.steps.append(step)
             self.names.append(name)
-            self.values.append(value.detach().to(torch.float32, copy=True))  # never a view of live state
+            self.values.append(value)
+        if self.sink is not None:
+            self.sink.record(self.member_ids, step, copies)
 
     def _pending(self) -> pd.DataFrame:
         k = len(self.member_ids)
@@ -107,6 +135,8 @@ class MetricLog:
 
     def flush(self, until: int) -> None:
         """Append the pending records (steps below ``until``) to the parts, atomically."""
+        if self.sink is not None:
+            self.sink.flush()
         if self.parts is None or not self.steps:
             return
         frame = self._pending()
@@ -292,26 +322,34 @@ def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable |
         state.alive &= ~state.pruned
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; the stop of a scheduler, ``timeout`` or ``kill``
+
+
 @contextlib.contextmanager
-def _interrupt_after_step() -> Iterator[list[bool]]:
-    """Ctrl-C (SIGINT) during training sets a flag the loop reads after each step, so that the population
-    checkpoints a consistent state before it stops; a second Ctrl-C stops at once. Only the main thread
-    can take signals: elsewhere Ctrl-C keeps its usual effect."""
-    interrupted = [False]
+def _interrupt_after_step() -> Iterator[list[int]]:
+    """Ctrl-C (SIGINT) or SIGTERM during training sets a flag (the signal's number) the loop reads after each
+    step, so that the population checkpoints a consistent state before it stops; a second signal has its
+    usual effect at once. Only the main thread can take signals: elsewhere they keep their usual effect."""
+    interrupted = [0]
     if threading.current_thread() is not threading.main_thread():
         yield interrupted
         return
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
     def handler(signum: int, frame: Any) -> None:
-        interrupted[0] = True
-        signal.signal(signal.SIGINT, previous)
+        interrupted[0] = signum
+        restore()
 
-    signal.signal(signal.SIGINT, handler)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, handler)
     try:
         yield interrupted
     finally:
-        signal.signal(signal.SIGINT, previous)
+        restore()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -325,12 +363,13 @@ def train_population(
     progress: bool = False,
     on_eval: Callable[[int, dict[str, Tensor]], Tensor | None] | None = None,
     label: str = "population",
+    sink: MetricSink | None = None,
 ) -> dict[str, Any]:
     """Train one population (a chunk of members) to the end; resumes from ``checkpoint`` if it exists.
 
     ``on_eval(step, evaluation)`` is called at every evaluation with the ``{metric: [K]}`` just
     measured; it may return ``[K]`` bools of members to prune (a search's pruner): they are frozen
-    from that step on, like diverged members, with status ``pruned``.
+    from that step on, like diverged members, with status ``pruned``. ``sink`` gets every metric record.
 
     Returns ``alive``, ``pruned`` and ``diverged_step`` per member, the metric log, the
     embeddings and the final parameters.
@@ -344,7 +383,7 @@ def train_population(
     trains_tau = bool(temperature.learnable.any())  # else logit_scale is left out: fewer ops per step
     trained = params if trains_tau else task.params
     parts = None if checkpoint is None else checkpoint.parent.parent / "metrics"
-    log = MetricLog([r["member"] for r in rows], parts, None if checkpoint is None else checkpoint.stem)
+    log = MetricLog([r["member"] for r in rows], parts, None if checkpoint is None else checkpoint.stem, sink)
     state = PopulationState.start(params, build_optimizer(experiment.optimizer, trained, rows), log)
     identity = fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
     _resume(checkpoint, state, identity)
@@ -381,11 +420,11 @@ def train_population(
             temperature.clamp_()
             state.step = step + 1
             bar.update(state.step)
-            # checkpoint; after Ctrl-C, one more and stop: the run resumes from this very step
+            # checkpoint; after Ctrl-C or SIGTERM, one more and stop: the run resumes from this very step
             if interrupted[0] or (experiment.checkpoint_every and state.step % experiment.checkpoint_every == 0):
                 _save(checkpoint, state, identity)
             if interrupted[0]:
-                raise KeyboardInterrupt
+                raise Stopped(interrupted[0])
 
     if state.step <= steps:  # not resumed from a finished checkpoint
         state.step = steps + 1
@@ -454,14 +493,16 @@ def run_sweep(
     progress: bool = False,
     rows: list[dict[str, Any]] | None = None,
     on_eval: Callable[[list[dict[str, Any]], int, dict[str, Tensor]], Tensor | None] | None = None,
+    sink: MetricSink | None = None,
 ) -> tuple[Path, dict[str, pd.DataFrame]]:
     """Train every member of ``experiment`` and write its run directory.
 
-    Ctrl-C checkpoints the step it stopped at and raises ``Interrupted`` with the run directory.
+    Ctrl-C or SIGTERM checkpoints the step it stopped at and raises ``Interrupted`` with the run directory
+    and the signal.
     With ``run_dir`` given (``--resume``), continue that run from its checkpoints; its ``config.toml`` must
     match ``experiment`` but for ``RESUMABLE_CHANGES``. ``rows`` trains these members instead of the grid (a
     search's trials). ``on_eval(chunk, step, evaluation)`` is ``train_population``'s pruning hook, given the
-    rows of the population it evaluated.
+    rows of the population it evaluated. ``sink`` gets every metric record; it is closed after each population.
     """
     device = resolve_device(experiment.device)
     rows = config.members(experiment) if rows is None else rows
@@ -480,9 +521,12 @@ def run_sweep(
         hook = None if on_eval is None else functools.partial(on_eval, chunk)
         label = f"chunk {i + 1}/{len(populations)}"
         try:
-            outputs.append(train_population(experiment, chunk, device, checkpoint, progress, hook, label))
-        except KeyboardInterrupt:
-            raise Interrupted(run_dir) from None
+            outputs.append(train_population(experiment, chunk, device, checkpoint, progress, hook, label, sink))
+        except KeyboardInterrupt as err:  # a second signal stops at once: SIGINT's KeyboardInterrupt
+            raise Interrupted(run_dir, getattr(err, "signum", signal.SIGINT)) from None
+        finally:
+            if sink is not None:
+                sink.close()
     out = tables(rows, outputs)
     for table_name, df in out.items():
         results.write_table(df, run_dir / table_name, csv=table_name == "members")

@@ -138,6 +138,7 @@ class Search:
     sampler: SamplerName
     pruner: PrunerName
     seed: int | None
+    tensorboard: Path | None = None  # --tensorboard: each trial's metrics as a TensorBoard run (tau_lab.monitor)
 
     @property
     def distributions(self) -> dict[str, BaseDistribution]:
@@ -211,13 +212,19 @@ def load(
     study_name: str | None = None,
     seed: int | None = None,
     root: Path = results.RESULTS_DIR,
+    tensorboard: Path | None = None,
 ) -> Search:
     """A ``Search`` from an experiment name or path, ``--set`` overrides and the command's options.
 
     The study is named after the experiment unless ``study_name`` is given; its default storage is
     the journal file ``results/<experiment>/search-<study>/journal.log``. A grid search runs at most
-    one trial per grid point.
+    one trial per grid point. With ``tensorboard`` (a folder) each trial's metrics are written there live
+    (``tau_lab.monitor``).
     """
+    if tensorboard is not None:
+        from tau_lab import monitor
+
+        monitor.require()
     overrides = list(overrides or [])
     spec, path = config.load_experiment(experiment, overrides)
     settings, space = parse_space(spec, str(path))
@@ -240,6 +247,7 @@ def load(
         sampler=sampler,
         pruner=pruner,
         seed=seed,
+        tensorboard=tensorboard,
     )
     if sampler is SamplerName.grid:
         grid_size = math.prod(len(values) for values in search.grid.values())
@@ -480,6 +488,11 @@ def run_batch(study: optuna.Study, search: Search, trials: list[Trial]) -> Path:
         return prune
 
     try:
+        rows, sink = member_rows(search, trials), None
+        if search.tensorboard is not None:
+            from tau_lab import monitor
+
+            sink = monitor.TensorBoardSink(monitor.logdir(search.tensorboard, search.directory), rows)
         device = engine.resolve_device(search.experiment.device)
         files = results.run_files(config.dumps(search.experiment), device)
         run_dir, out = engine.run_sweep(
@@ -487,8 +500,9 @@ def run_batch(study: optuna.Study, search: Search, trials: list[Trial]) -> Path:
             search.directory.name,
             run_dir=results.new_run_dir(search.directory.name, search.directory.parent, files),
             root=search.directory.parent,
-            rows=member_rows(search, trials),
+            rows=rows,
             on_eval=on_eval,
+            sink=sink,
         )
     except BaseException as err:  # interrupted or broken: the next worker runs these parameters again
         for trial in trials:

@@ -157,23 +157,28 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, cap
     assert "steps/s" in lines[-1] and lines[-1].endswith("left")
 
 
-def test_ctrl_c_checkpoints_the_step_it_stopped_at_and_the_run_resumes_exactly(tmp_path, monkeypatch):
-    experiment = _experiment("checkpoint_every=0")  # no periodic checkpoint: only Ctrl-C's
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_checkpoints_the_step_it_stopped_at_and_the_run_resumes_exactly(
+    tmp_path, monkeypatch, signum
+):
+    experiment = _experiment("checkpoint_every=0")  # no periodic checkpoint: only the signal's
     _, full = engine.run_sweep(experiment, "quadrants", root=tmp_path / "full")
     real_batch = Quadrants.batch
 
-    def batch_then_ctrl_c(task, step):
+    def batch_then_signal(task, step):
         if step == 23:
-            os.kill(os.getpid(), signal.SIGINT)  # delivered in the middle of step 23
+            os.kill(os.getpid(), signum)  # delivered in the middle of step 23
         return real_batch(task, step)
 
-    monkeypatch.setattr(Quadrants, "batch", batch_then_ctrl_c)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    monkeypatch.setattr(Quadrants, "batch", batch_then_signal)
     with pytest.raises(engine.Interrupted) as err:
         engine.run_sweep(experiment, "quadrants", root=tmp_path / "cut")
     monkeypatch.undo()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    assert {s: signal.getsignal(s) for s in handlers} == handlers  # restored
     run_dir = next((tmp_path / "cut" / "quadrants").iterdir())
     assert err.value.run_dir == run_dir and str(err.value).endswith(f"--resume {run_dir}")
+    assert err.value.signum == signum
     assert torch.load(run_dir / "checkpoints" / "chunk-0.pt", weights_only=True)["step"] == 24
     _, resumed = engine.run_sweep(experiment, "quadrants", run_dir=run_dir)
     for name in ("members", "metrics", "embeddings"):

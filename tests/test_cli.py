@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import re
 import signal
 import subprocess
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
-from tau_lab import config
+from tau_lab import config, engine
 from tau_lab.cli import app, print_frame, summary_columns
 from tau_lab.errors import UserError
 
@@ -67,6 +69,9 @@ def test_table_terminal_and_markdown():
         (["sweep", "quadrants", "--set", "sweep.tau_mode=['hot']"], "'hot' is not allowed"),
         (["sweep", "quadrants", "--set", "sweep.tau=[0.0001]"], "outside the clamp"),
         (["sweep", "quadrants", "--set", "steps"], "expected key=value"),
+        (["sweep", "quadrants", "--set", "steps=[1,"], "steps = '[1,': Input should be a valid integer"),
+        # a command line's byte that is not UTF-8 reaches Python as a lone surrogate (U+DC80 + the byte)
+        (["sweep", "quadrants", "--set", "description=caf\udce9"], "byte 0xe9 at position 15 is not UTF-8 text"),
         (["sweep", "quadrants", "--resume", "/nonexistent/run"], "not a run directory"),
     ],
 )
@@ -176,16 +181,21 @@ def test_only_user_errors_are_one_line_an_internal_value_error_is_a_traceback(tm
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
-    [("steps = = 3", "not valid TOML"), (None, "not found: no file")],
+    ("data", "message"),
+    [
+        (b"steps = = 3", "not valid TOML: Invalid value (at line 1, column 9)"),
+        (None, "not found: no file"),
+        # é saved as latin-1: one byte 0xe9, not UTF-8's two; line 1 is 19 bytes with its newline
+        ("task = 'quadrants'\ndescription = 'café'\n".encode("latin-1"), "byte 0xe9 at line 2, column 19 (byte 37)"),
+    ],
 )
-def test_unreadable_experiment_files_are_one_line(tmp_path, text, message):
+def test_unreadable_experiment_files_are_one_line(tmp_path, data, message):
     path = tmp_path / "mine.toml"
-    if text is not None:
-        path.write_text(text)
+    if data is not None:
+        path.write_bytes(data)
     result = run("sweep", str(path), "--results", str(tmp_path))
     assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
-    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert result.stderr.count("\n") == 1 and message in result.stderr and str(path) in result.stderr
 
 
 @pytest.mark.parametrize("args", [["--version"], ["--help"], ["sweep", "--help"]])
@@ -262,6 +272,51 @@ def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
     assert stderr.strip().splitlines() == [f"interrupted: resume with: tau-lab sweep --resume {run_dir}"]
     assert {"config.toml", "env.json"} <= {p.name for p in run_dir.iterdir()}
     assert config.load_experiment(str(run_dir / "config.toml"))[0].steps == 1_000_000  # what --resume reads
+
+
+# ``tau-lab`` whose quadrants steps take 50 ms each from step 20 on, touching $MARKER: a window to stop it in
+SLOW_FROM_STEP_20 = """
+import os, pathlib, sys, time
+from tau_lab.tasks.quadrants import Quadrants
+real_batch = Quadrants.batch
+def batch(task, step):
+    if step >= 20:
+        pathlib.Path(os.environ["MARKER"]).touch()
+        time.sleep(0.05)
+    return real_batch(task, step)
+Quadrants.batch = batch
+from tau_lab.cli import main
+main()
+"""
+
+
+def test_sigterm_checkpoints_prints_the_resume_command_exits_143_and_the_resumed_run_is_exact(tmp_path):
+    small = ["steps=60", "log_every=10", "eval_every=20", "checkpoint_every=0", "sweep.tau=[0.05, 0.5]"]
+    small.append("sweep.seeds=[0]")
+    args = ["sweep", "quadrants", *(arg for item in small for arg in ("--set", item)), "--quiet"]
+    env = os.environ | {"MARKER": str(tmp_path / "training"), "OMP_NUM_THREADS": "1"}  # one thread, as the tests
+    process = subprocess.Popen(
+        [sys.executable, "-c", SLOW_FROM_STEP_20, *args, "--results", str(tmp_path / "cut")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "training").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)  # what Slurm, Kubernetes and `timeout` send
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr
+    (run_dir,) = (tmp_path / "cut" / "quadrants").iterdir()
+    assert stderr.strip().splitlines() == [f"terminated: resume with: tau-lab sweep --resume {run_dir}"]
+    stopped_at = torch.load(run_dir / "checkpoints" / "chunk-0.pt", weights_only=True)["step"]
+    assert 20 < stopped_at < 60  # the step it was in, not the end
+    resumed = run("sweep", "--resume", str(run_dir), "--quiet")
+    assert resumed.exit_code == 0, resumed.output
+    _, full = engine.run_sweep(config.load_experiment("quadrants", small)[0], "quadrants", root=tmp_path / "full")
+    for name in ("members", "metrics", "embeddings"):
+        pd.testing.assert_frame_equal(pd.read_parquet(run_dir / f"{name}.parquet"), full[name])
 
 
 def test_results_go_to_tau_lab_results_when_set(tmp_path, monkeypatch):
