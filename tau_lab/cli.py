@@ -244,12 +244,23 @@ def sweep_command(
         Path, typer.Option("--results", envvar="TAU_LAB_RESULTS", help="Where run directories go.")
     ] = Path("results"),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no summary table.")] = False,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Scale out: train the populations that no other worker of this storage (a journal file path "
+            "or postgresql://user@host/db) has claimed; the worker that trains the last one writes the run "
+            "directory. Run the same command on every machine (docs/search.md).",
+        ),
+    ] = None,
+    assemble: Annotated[
+        bool, typer.Option("--assemble", help="With --storage: only write the run directory of a finished sweep.")
+    ] = False,
 ) -> None:
     """Train every member of EXPERIMENT's grid (τ × mode × seeds) as one population.
 
     Each run gets results/<experiment>/<run-id>/; Ctrl-C prints the command that resumes it.
     """
-    from tau_lab import config, engine
+    from tau_lab import config
 
     overrides = list(set_ or [])
     for key, value in [("device", device), ("precision", precision), ("steps", steps)]:
@@ -266,14 +277,13 @@ def sweep_command(
             spec, _ = config.load_experiment(experiment, overrides)
         name = spec.name
         progress = not quiet  # a bar on a terminal, else a line every TAU_LAB_PROGRESS_EVERY seconds
-        run_dir = resume
-        if run_dir is None:  # created whole, config and environment in it, so that --resume accepts it at once
-            files = results.run_files(config.dumps(spec), engine.resolve_device(spec.device))
-            run_dir = results.new_run_dir(name, results_dir, files)
-        try:
-            run_dir, out = engine.run_sweep(spec, name, run_dir=run_dir, root=results_dir, progress=progress)
-        except KeyboardInterrupt:
-            raise _interrupted(shlex.join(["tau-lab", "sweep", "--resume", str(run_dir)])) from None
+        if storage is not None or assemble:
+            scaled = _scale_out(spec, experiment, overrides, storage, assemble, resume, results_dir, progress)
+            if scaled is None:  # this worker's chunks are trained; another one writes the run directory
+                return
+            run_dir, out = scaled
+        else:
+            run_dir, out = _sweep(spec, resume, results_dir, progress)
     members = out["members"]
     if not quiet:
         print_frame(members[summary_columns(spec.task, members)], title=f"{name}: final metrics")
@@ -283,6 +293,51 @@ def sweep_command(
             print_frame(frame, title=f"{name}: {title}")
     diverged = int((members["status"] == "diverged").sum())
     typer.echo(f"{len(members)} members, {diverged} diverged; results in {run_dir}")
+
+
+def _sweep(
+    spec: config.Experiment, resume: Path | None, results_dir: Path, progress: bool
+) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """A sweep on this machine: a new run directory (or ``--resume``'s), trained to the end."""
+    from tau_lab import config, engine
+
+    run_dir = resume
+    if run_dir is None:  # created whole, config and environment in it, so that --resume accepts it at once
+        files = results.run_files(config.dumps(spec), engine.resolve_device(spec.device))
+        run_dir = results.new_run_dir(spec.name, results_dir, files)
+    try:
+        return engine.run_sweep(spec, spec.name, run_dir=run_dir, root=results_dir, progress=progress)
+    except KeyboardInterrupt:
+        raise _interrupted(shlex.join(["tau-lab", "sweep", "--resume", str(run_dir)])) from None
+
+
+def _scale_out(
+    spec: config.Experiment,
+    experiment: str | None,
+    overrides: list[str],
+    storage: str | None,
+    assemble: bool,
+    resume: Path | None,
+    results_dir: Path,
+    progress: bool,
+) -> tuple[Path, dict[str, pd.DataFrame]] | None:
+    """``--storage``: this process is one worker of the sweep (``tau_lab.scaleout``), or only assembles it."""
+    from tau_lab import scaleout, search
+
+    if storage is None:
+        raise UserError("--assemble needs --storage: the storage that the sweep's workers share")
+    if resume is not None:
+        raise UserError("--resume and --storage do not go together: a scaled-out sweep resumes by running it again")
+    plan = scaleout.plan(spec, storage, results_dir)
+    if assemble:
+        return scaleout.assemble_only(plan)
+    logging.basicConfig(level=logging.INFO, format=search.LOG_FORMAT)  # a line per chunk, as Optuna logs
+    try:
+        return scaleout.work(plan, progress)
+    except KeyboardInterrupt:
+        command = ["tau-lab", "sweep", str(experiment), "--storage", results.redact(storage)]
+        command += ["--results", str(results_dir), *(arg for item in overrides for arg in ("--set", item))]
+        raise _interrupted(shlex.join(command)) from None
 
 
 class FigureFormat(StrEnum):
