@@ -269,6 +269,10 @@ def sweep_command(
     if compile is not None:
         overrides.append(f"compile={str(compile).lower()}")
     with user_errors():
+        if assemble and storage is None:
+            raise UserError("--assemble needs --storage: the storage that the sweep's workers share")
+        if storage is not None and resume is not None:
+            raise UserError("--resume and --storage do not go together: a scaled-out sweep resumes by running it again")
         if resume is not None:
             spec = _load_for_resume(resume, experiment, overrides)
         elif experiment is None:
@@ -277,8 +281,8 @@ def sweep_command(
             spec, _ = config.load_experiment(experiment, overrides)
         name = spec.name
         progress = not quiet  # a bar on a terminal, else a line every TAU_LAB_PROGRESS_EVERY seconds
-        if storage is not None or assemble:
-            scaled = _scale_out(spec, experiment, overrides, storage, assemble, resume, results_dir, progress)
+        if storage is not None:
+            scaled = _scale_out(spec, experiment, overrides, storage, assemble, results_dir, progress)
             if scaled is None:  # this worker's chunks are trained; another one writes the run directory
                 return
             run_dir, out = scaled
@@ -315,19 +319,14 @@ def _scale_out(
     spec: config.Experiment,
     experiment: str | None,
     overrides: list[str],
-    storage: str | None,
+    storage: str,
     assemble: bool,
-    resume: Path | None,
     results_dir: Path,
     progress: bool,
 ) -> tuple[Path, dict[str, pd.DataFrame]] | None:
     """``--storage``: this process is one worker of the sweep (``tau_lab.scaleout``), or only assembles it."""
     from tau_lab import scaleout, search
 
-    if storage is None:
-        raise UserError("--assemble needs --storage: the storage that the sweep's workers share")
-    if resume is not None:
-        raise UserError("--resume and --storage do not go together: a scaled-out sweep resumes by running it again")
     plan = scaleout.plan(spec, storage, results_dir)
     if assemble:
         return scaleout.assemble_only(plan)

@@ -181,3 +181,31 @@ def test_heartbeats_are_recorded_while_a_chunk_trains(tmp_path):
     with scaleout.heartbeat(trial, every=0.05):
         time.sleep(0.3)
     assert study.get_trials()[0].user_attrs["heartbeat"] > first + 0.1
+
+
+def test_a_chunks_stored_output_gives_the_tables_of_its_population(tmp_path):
+    plan = make_plan(tmp_path)
+    rows = plan.populations[1]
+    output = engine.train_population(plan.experiment, rows, engine.resolve_device("cpu"))
+    # a diverged and a pruned member, as the engine marks them: the statuses must come back too
+    output["alive"][:] = False
+    output["diverged_step"][0] = 7
+    output["pruned"][1] = True
+    stored = scaleout.decode(scaleout.encode(output))
+    expected, got = engine.tables(rows, [output]), engine.tables(rows, [stored])
+    assert got["members"]["status"].tolist() == ["diverged", "pruned"]
+    assert got["members"]["diverged_step"].tolist() == [7, pd.NA]
+    for name in expected:
+        pd.testing.assert_frame_equal(got[name], expected[name], check_exact=True)
+
+
+def test_cli_scale_out_errors_are_one_line_with_exit_code_2(tmp_path):
+    runner = CliRunner()
+    cases = {
+        "--assemble needs --storage": ["sweep", "quadrants", "--assemble"],
+        "--resume and --storage do not go together": [*sweep_args(tmp_path), "--resume", str(tmp_path)],
+        "tau-lab takes on a journal file or PostgreSQL only": ["sweep", "quadrants", "--storage", "sqlite:///x.db"],
+    }
+    for message, args in cases.items():
+        result = runner.invoke(cli.app, args)
+        assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output, result.output
