@@ -347,7 +347,7 @@ def train_chunk(plan: Plan, study: optuna.Study, outputs: optuna.Study, trial: T
             output = engine.train_population(plan.experiment, rows, device, checkpoint, progress, label=label)
         payload = encode(output)
     except BaseException as err:  # interrupted or broken: the chunk is queued again at the next claim
-        _fail(study, trial, f"{type(err).__name__}: {err}")
+        _fail(study, trial, "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}")
         raise
     seconds = time.perf_counter() - start
     attrs = {"chunk": chunk, "trial": trial.number, "output": payload}

@@ -141,7 +141,7 @@ def test_an_interrupted_chunk_fails_and_is_claimed_again(tmp_path, monkeypatch):
         with pytest.raises(KeyboardInterrupt):
             scaleout.train_chunk(plan, study, outputs, trial)
     failed = study.get_trials()[0]
-    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "KeyboardInterrupt: "
+    assert failed.state == TrialState.FAIL and failed.user_attrs["fail_reason"] == "interrupted"
     again = scaleout.claim(plan, study, storage)  # the grid counts it visited: it is queued again first
     assert again.params["chunk"] == trial.params["chunk"] and again.user_attrs["retry_of"] == trial.number
     others = [scaleout.claim(plan, study, storage) for _ in range(3)]
