@@ -343,6 +343,7 @@ def train_chunk(plan: Plan, study: optuna.Study, outputs: optuna.Study, trial: T
     label = f"chunk {chunk + 1}/{len(plan.populations)}"
     try:
         device = engine.resolve_device(plan.experiment.device)
+        trial.set_user_attr("device", str(device))
         with heartbeat(trial):
             output = engine.train_population(plan.experiment, rows, device, checkpoint, progress, label=label)
         payload = encode(output)
@@ -367,8 +368,8 @@ def train_chunk(plan: Plan, study: optuna.Study, outputs: optuna.Study, trial: T
 
 def assemble(plan: Plan, study: optuna.Study, storage: BaseStorage) -> tuple[Path, dict[str, pd.DataFrame]]:
     """Write the sweep's run directory from the stored outputs of every chunk: the tables a single
-    ``tau-lab sweep`` writes, with ``config.toml``, ``env.json`` and ``scaleout.json`` (which trial and
-    worker trained each chunk). A sweep that is not finished is one line saying what is missing."""
+    ``tau-lab sweep`` writes, with ``config.toml``, ``env.json`` and ``scaleout.json`` (which trial, worker
+    and device trained each chunk). A sweep that is not finished is one line saying what is missing."""
     progress = Chunks.of(study.get_trials(deepcopy=False), len(plan.populations))
     if len(progress.done) < progress.chunks:
         raise UserError(
@@ -383,11 +384,18 @@ def assemble(plan: Plan, study: optuna.Study, storage: BaseStorage) -> tuple[Pat
         "study": plan.study_name,
         "storage": results.redact(plan.storage),
         "chunks": [
-            {"chunk": c, "trial": t.number, "worker": t.user_attrs.get("worker"), "seconds": t.value}
+            {
+                "chunk": c,
+                "trial": t.number,
+                "worker": t.user_attrs.get("worker"),
+                "device": t.user_attrs.get("device"),
+                "seconds": t.value,
+            }
             for c, t in enumerate(trials)
         ],
     }
-    files = results.run_files(config.dumps(plan.experiment), engine.resolve_device(plan.experiment.device))
+    # env.json records the assembling process, which computes on the CPU whatever device the workers trained on
+    files = results.run_files(config.dumps(plan.experiment), torch.device("cpu"))
     run_dir = results.new_run_dir(plan.experiment.name, plan.root, files | {"scaleout.json": json.dumps(record)})
     for name, df in out.items():
         results.write_table(df, run_dir / name, csv=name == "members")

@@ -83,6 +83,7 @@ def test_two_workers_train_disjoint_chunks_and_assemble_the_tables_of_one_sweep(
     record = json.loads((run_dir / "scaleout.json").read_text())
     assert [c["chunk"] for c in record["chunks"]] == [0, 1, 2, 3] and record["study"] == plan.study_name
     assert {c["worker"] for c in record["chunks"]} == {t.user_attrs["worker"] for t in trials}
+    assert {c["device"] for c in record["chunks"]} == {"cpu"}
 
     single, out = engine.run_sweep(plan.experiment, "quadrants", root=tmp_path / "single")
     assert (run_dir / "config.toml").read_text() == (single / "config.toml").read_text()
