@@ -140,6 +140,7 @@ def _refuse_other_configs(plan: Plan, storage: BaseStorage) -> None:
         held = json.loads(attrs["config"])
         keys = sorted(k for k in held.keys() | plan.identity.keys() if held.get(k) != plan.identity.get(k))
         changes = "; ".join(f"{k}: {held.get(k, '(unset)')} → {plan.identity.get(k, '(unset)')}" for k in keys[:5])
+        changes += f" and {len(keys) - 5} more" if len(keys) > 5 else ""
         raise UserError(
             f"--storage {results.redact(plan.storage)}: it holds an unfinished sweep of '{plan.experiment.name}' "
             f"with another configuration (study {other.study_name}; {changes}): run every worker with the same "
@@ -156,7 +157,8 @@ def open_sweep(plan: Plan, storage: BaseStorage) -> optuna.Study:
     study = optuna.create_study(
         storage=storage, study_name=plan.study_name, direction="minimize", sampler=sampler, load_if_exists=True
     )
-    if study.user_attrs.get("config_hash", plan.config_hash) != plan.config_hash:  # 12 equal hex digits of 64
+    # two configurations whose hashes share the 12 digits of the name: 2^-48 odds, but refused rather than mixed
+    if study.user_attrs.get("config_hash", plan.config_hash) != plan.config_hash:
         raise UserError(f"study {plan.study_name}: it holds another configuration under the same hash prefix")
     if "config" not in study.user_attrs:  # the first worker describes the study for the others
         study.set_user_attr("experiment", plan.experiment.name)
