@@ -210,3 +210,16 @@ def test_cli_scale_out_errors_are_one_line_with_exit_code_2(tmp_path):
     for message, args in cases.items():
         result = runner.invoke(cli.app, args)
         assert result.exit_code == 2 and result.output.count("\n") == 1 and message in result.output, result.output
+
+
+def test_ctrl_c_in_a_worker_prints_the_command_that_continues(tmp_path, monkeypatch):
+    def interrupted(plan, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(scaleout, "work", interrupted)
+    result = CliRunner().invoke(cli.app, sweep_args(tmp_path, "steps=30"))
+    assert result.exit_code == 130
+    (line,) = result.output.splitlines()
+    again = line.removeprefix("interrupted: resume with: ").split()
+    assert again[:5] == ["tau-lab", "sweep", "quadrants", "--storage", str(tmp_path / "journal.log")]
+    assert again[-2:] == ["--set", "steps=30"] and "memory_budget_mb=" + str(budget_for(2)) in again
