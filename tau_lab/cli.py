@@ -276,12 +276,23 @@ def sweep_command(
             "member-<id> (open with tensorboard --logdir DIR)."
         ),
     ] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="Scale out: train the populations that no other worker of this storage (a journal file path "
+            "or postgresql://user@host/db) has claimed; the worker that trains the last one writes the run "
+            "directory. Run the same command on every machine (docs/search.md).",
+        ),
+    ] = None,
+    assemble: Annotated[
+        bool, typer.Option("--assemble", help="With --storage: only write the run directory of a finished sweep.")
+    ] = False,
 ) -> None:
     """Train every member of EXPERIMENT's grid (τ × mode × seeds) as one population.
 
     Each run gets results/<experiment>/<run-id>/; Ctrl-C or SIGTERM prints the command that resumes it.
     """
-    from tau_lab import config, engine
+    from tau_lab import config
 
     overrides = list(set_ or [])
     for key, value in [("device", device), ("precision", precision), ("steps", steps)]:
@@ -294,6 +305,12 @@ def sweep_command(
             from tau_lab import monitor
 
             monitor.require()  # before anything is written
+        if assemble and storage is None:
+            raise UserError("--assemble needs --storage: the storage that the sweep's workers share")
+        if storage is not None and resume is not None:
+            raise UserError("--resume and --storage do not go together: a scaled-out sweep resumes by running it again")
+        if storage is not None and tensorboard is not None:
+            raise UserError("--tensorboard and --storage do not go together yet: run TensorBoard on one worker's sweep")
         if resume is not None:
             spec = _load_for_resume(resume, experiment, overrides)
         elif experiment is None:
@@ -302,20 +319,13 @@ def sweep_command(
             spec, _ = config.load_experiment(experiment, overrides)
         name = spec.name
         progress = not quiet  # a bar on a terminal, else a line every TAU_LAB_PROGRESS_EVERY seconds
-        run_dir = resume
-        if run_dir is None:  # created whole, config and environment in it, so that --resume accepts it at once
-            files = results.run_files(config.dumps(spec), engine.resolve_device(spec.device))
-            run_dir = results.new_run_dir(name, results_dir, files)
-        sink = None
-        if tensorboard is not None:
-            sink = monitor.TensorBoardSink(monitor.logdir(tensorboard, run_dir), config.members(spec))
-        try:
-            run_dir, out = engine.run_sweep(spec, name, run_dir=run_dir, root=results_dir, progress=progress, sink=sink)
-        except KeyboardInterrupt as stop:
-            resume_args = ["tau-lab", "sweep", "--resume", str(run_dir)]
-            if tensorboard is not None:
-                resume_args += ["--tensorboard", str(tensorboard)]
-            raise _interrupted(shlex.join(resume_args), stop) from None
+        if storage is not None:
+            scaled = _scale_out(spec, experiment, overrides, storage, assemble, results_dir, progress)
+            if scaled is None:  # this worker's chunks are trained; another one writes the run directory
+                return
+            run_dir, out = scaled
+        else:
+            run_dir, out = _sweep(spec, resume, results_dir, progress, tensorboard)
     members = out["members"]
     if not quiet:
         print_frame(members[summary_columns(spec.task, members)], title=f"{name}: final metrics")
@@ -325,6 +335,55 @@ def sweep_command(
             print_frame(frame, title=f"{name}: {title}")
     diverged = int((members["status"] == "diverged").sum())
     typer.echo(f"{len(members)} members, {diverged} diverged; results in {run_dir}")
+
+
+def _sweep(
+    spec: config.Experiment, resume: Path | None, results_dir: Path, progress: bool, tensorboard: Path | None
+) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """A sweep on this machine: a new run directory (or ``--resume``'s), trained to the end; with
+    ``tensorboard``, every member's metrics are written there too as they are logged."""
+    from tau_lab import config, engine
+
+    run_dir = resume
+    if run_dir is None:  # created whole, config and environment in it, so that --resume accepts it at once
+        files = results.run_files(config.dumps(spec), engine.resolve_device(spec.device))
+        run_dir = results.new_run_dir(spec.name, results_dir, files)
+    sink = None
+    if tensorboard is not None:
+        from tau_lab import monitor
+
+        sink = monitor.TensorBoardSink(monitor.logdir(tensorboard, run_dir), config.members(spec))
+    try:
+        return engine.run_sweep(spec, spec.name, run_dir=run_dir, root=results_dir, progress=progress, sink=sink)
+    except KeyboardInterrupt as stop:
+        resume_args = ["tau-lab", "sweep", "--resume", str(run_dir)]
+        if tensorboard is not None:
+            resume_args += ["--tensorboard", str(tensorboard)]
+        raise _interrupted(shlex.join(resume_args), stop) from None
+
+
+def _scale_out(
+    spec: config.Experiment,
+    experiment: str | None,
+    overrides: list[str],
+    storage: str,
+    assemble: bool,
+    results_dir: Path,
+    progress: bool,
+) -> tuple[Path, dict[str, pd.DataFrame]] | None:
+    """``--storage``: this process is one worker of the sweep (``tau_lab.scaleout``), or only assembles it."""
+    from tau_lab import scaleout, search
+
+    plan = scaleout.plan(spec, storage, results_dir)
+    if assemble:
+        return scaleout.assemble_only(plan)
+    logging.basicConfig(level=logging.INFO, format=search.LOG_FORMAT)  # a line per chunk, as Optuna logs
+    try:
+        return scaleout.work(plan, progress)
+    except KeyboardInterrupt as stop:
+        command = ["tau-lab", "sweep", str(experiment), "--storage", results.redact(storage)]
+        command += ["--results", str(results_dir), *(arg for item in overrides for arg in ("--set", item))]
+        raise _interrupted(shlex.join(command), stop) from None
 
 
 class FigureFormat(StrEnum):

@@ -304,9 +304,14 @@ def check_workers(storage: str, workers: int) -> None:
         )
 
 
+def ask_lock(search: Search, storage: BaseStorage) -> contextlib.AbstractContextManager[None]:
+    """Hold the study's lock while counting its trials and asking new ones (``study_lock``)."""
+    return study_lock(search.study_name, search.storage, storage)
+
+
 @contextlib.contextmanager
-def ask_lock(search: Search, storage: BaseStorage) -> Iterator[None]:
-    """Hold the study's lock while counting its trials and asking new ones.
+def study_lock(study_name: str, url: str, storage: BaseStorage) -> Iterator[None]:
+    """Hold one study's lock in the storage at ``url`` (opened as ``storage``).
 
     Both locks die with their holder (a killed worker cannot leave the study locked): ``flock`` on
     a file beside the journal, a session-level advisory lock on PostgreSQL keyed by the study's
@@ -316,7 +321,7 @@ def ask_lock(search: Search, storage: BaseStorage) -> Iterator[None]:
         if storage.engine.dialect.name != "postgresql":  # one worker (check_workers): nothing to exclude
             yield
             return
-        key = zlib.crc32(search.study_name.encode())
+        key = zlib.crc32(study_name.encode())
         with storage.engine.connect() as connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
@@ -324,7 +329,7 @@ def ask_lock(search: Search, storage: BaseStorage) -> Iterator[None]:
             finally:
                 connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         return
-    with open(f"{search.storage}.ask-lock", "a") as lock:
+    with open(f"{url}.ask-lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield  # closing the file releases the lock
 

@@ -1,4 +1,4 @@
-"""tau-lab search against a real PostgreSQL server, as workers on several machines share a study.
+"""tau-lab search and sweep --storage against a real PostgreSQL server, as workers on several machines share a study.
 
 The test starts a throw-away server on 127.0.0.1 with a temporary data directory and stops it at
 the end. Without PostgreSQL's binaries it is skipped, except in CI (env CI set), where it fails:
@@ -7,6 +7,7 @@ the end. Without PostgreSQL's binaries it is skipped, except in CI (env CI set),
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -19,12 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import sqlalchemy
+from test_scaleout import make_plan
 from test_search import assert_each_trial_evaluated_once, assert_no_worker_asks_while_the_lock_is_held, load, trials_of
 from typer.testing import CliRunner
 
-from tau_lab import cli, search
+from tau_lab import cli, engine, scaleout, search
 
 
 def server_binaries() -> Path | None:
@@ -146,3 +149,19 @@ def test_a_password_is_never_written_nor_printed(tmp_path, postgres_url):
     assert any(path.name == "env.json" for path in files)
     for path in files:
         assert password.encode() not in path.read_bytes(), path
+
+
+def test_a_sweep_scaled_out_on_postgresql_assembles_the_tables_of_one_sweep(tmp_path, postgres_url):
+    plan = dataclasses.replace(make_plan(tmp_path), storage=postgres_url)
+    storage = search.open_storage(postgres_url)
+    study = scaleout.open_sweep(plan, storage)
+    outputs = optuna.create_study(storage=storage, study_name=plan.outputs_name)
+    first = scaleout.claim(plan, study, storage)  # a first worker trains one chunk ...
+    assert scaleout.train_chunk(plan, study, outputs, first)
+    run_dir, out = scaleout.work(plan)  # ... a second one the other three, and assembles
+    chunks = sorted(t.params["chunk"] for t in study.get_trials() if t.state == optuna.trial.TrialState.COMPLETE)
+    assert chunks == [0, 1, 2, 3] and len(study.get_trials()) == 4
+    single, _ = engine.run_sweep(plan.experiment, "quadrants", root=tmp_path / "single")
+    for name in out:
+        assembled, alone = (pd.read_parquet(d / f"{name}.parquet") for d in (run_dir, single))
+        pd.testing.assert_frame_equal(assembled, alone, check_exact=True)
