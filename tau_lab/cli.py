@@ -244,12 +244,25 @@ def sweep_command(
         Path, typer.Option("--results", envvar="TAU_LAB_RESULTS", help="Where run directories go.")
     ] = Path("results"),
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar and no summary table.")] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="TAU_LAB_THREADS",
+            help="torch CPU threads (recorded in env.json). 1 by default: more were measured slower on a "
+            "shared CPU (benchmarks/bench_threads.py, docs/benchmarks.md).",
+        ),
+    ] = 1,
 ) -> None:
     """Train every member of EXPERIMENT's grid (τ × mode × seeds) as one population.
 
     Each run gets results/<experiment>/<run-id>/; Ctrl-C prints the command that resumes it.
     """
+    import torch
+
     from tau_lab import config, engine
+
+    torch.set_num_threads(threads)  # before run_files: env.json records the count the run trains with
 
     overrides = list(set_ or [])
     for key, value in [("device", device), ("precision", precision), ("steps", steps)]:
