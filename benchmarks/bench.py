@@ -482,6 +482,10 @@ def report(res: dict[str, Any]) -> None:
     print("\n== Throughput: member-steps per second (higher is better) ==")
     print("\n".join(throughput_table(res)))
     print("  first call: the warm-up call of the same steps (compilation included for compiled variants)")
+    print(
+        "  engine rows are whole train_population calls (task set-up, logging every log_every steps, evaluations "
+        "at the first and last step); the peers only train"
+    )
     if "end_to_end" in res:
         e2e = res["end_to_end"]
         print(f"\n== End to end: whole processes, {e2e['members']} members × {e2e['steps']:,} steps ==")
