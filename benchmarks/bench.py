@@ -374,12 +374,26 @@ def print_table(headers: list[str], rows: list[list[str]], align: str | None = N
     print("\n".join(table_lines(headers, rows, align)))
 
 
+def round_ratios(r: dict[str, Any], other: dict[str, Any] | None) -> str:
+    """The lowest and highest ratio of ``r``'s rate to ``other``'s within one interleaved round: the spread
+    that other processes put on the median ratio."""
+    if other is None:
+        return ""
+    ratios = [
+        (r["members"] * r["steps"] / a) / (other["members"] * other["steps"] / b)
+        for a, b in zip(r["seconds_all"], other["seconds_all"], strict=True)
+    ]
+    return f"{min(ratios):.3g}–{max(ratios):.3g}"
+
+
 def throughput_table(res: dict[str, Any], markdown: bool = False) -> list[str]:
-    """One row per K and variant: median seconds, member-steps/s, its ratio to the seed loop and to JAX."""
+    """One row per K and variant: median seconds, member-steps/s, its ratio to the seed loop and to JAX (the
+    ratio of the medians, and the range of the per-round ratios)."""
     rows = []
     for k, entry in res["throughput"].items():
         base = entry["seed loop"]["member_steps_per_s"]
-        anchor = next((r["member_steps_per_s"] for r in entry.values() if r["kind"] == "jax"), None)
+        jax_row = next((r for r in entry.values() if r["kind"] == "jax"), None)
+        anchor = None if jax_row is None else jax_row["member_steps_per_s"]
         for name, r in entry.items():
             rate = r["member_steps_per_s"]
             first = r["first_call_seconds"]
@@ -393,21 +407,14 @@ def throughput_table(res: dict[str, Any], markdown: bool = False) -> list[str]:
                     "" if first is None else f"{first:.2f}",
                     fmt_rate(rate),
                     f"{rate / base:.1f}x",
+                    round_ratios(r, entry["seed loop"]),
                     "" if anchor is None else f"{rate / anchor:.3f}x",
+                    round_ratios(r, jax_row),
                 ]
             )
-    headers = [
-        "K",
-        "variant",
-        "members run",
-        "steps",
-        "median s",
-        "first call s",
-        "member-steps/s",
-        "vs loop",
-        "vs JAX",
-    ]
-    return table_lines(headers, rows, "llrrrrrrr", markdown)
+    headers = ["K", "variant", "members run", "steps", "median s", "first call s", "member-steps/s"]
+    headers += ["vs loop", "(rounds)", "vs JAX", "(rounds)"]
+    return table_lines(headers, rows, "llrrrrrrrrr", markdown)
 
 
 def targets_table(res: dict[str, Any], markdown: bool = False) -> list[str]:
