@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml Makefile $(LOCK)
 # stays $(TORCH)) in a fresh venv, run lint + the suite there, and only then write the lock.
 lock:
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/python -m pip install --quiet "$(TORCH)" -e ".[dev]"
+	.venv-lock/bin/python -m pip install --quiet "$(TORCH)" -e ".[dev,bench]"
 	.venv-lock/bin/ruff check . && .venv-lock/bin/ruff format --check . && .venv-lock/bin/python -m pytest -n 2
 	{ sed -n '1,2p' requirements-lock.txt; .venv-lock/bin/python -m pip freeze --exclude-editable \
 	  | sed 's/^torch==\([^+]*\)+cpu$$/torch==\1/'; } > requirements-lock.txt.new
@@ -71,10 +71,12 @@ search: install
 	$(BIN)/tau-lab search digits_kd_search --trials 32 --batch 8 --seed 0 --results $(RESULTS)
 	$(BIN)/tau-lab search quadrants_search --trials 32 --batch 8 --seed 0 --results $(RESULTS)
 
-# Speed against sequential per-member loops, measured in one run (docs/benchmarks.md).
-# make bench BENCH_ARGS=--quick is a smoke test of every path.
+# Speed against sequential per-member loops and the torch.func and JAX peers, measured in one run
+# (docs/benchmarks.md); .[bench] adds JAX. make bench BENCH_ARGS=--quick is a smoke test of every path.
 bench: install
+	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e ".[bench]"
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_threads.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_contrastive.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_distill.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_search.py $(BENCH_ARGS)

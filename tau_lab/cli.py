@@ -287,12 +287,25 @@ def sweep_command(
     assemble: Annotated[
         bool, typer.Option("--assemble", help="With --storage: only write the run directory of a finished sweep.")
     ] = False,
+    threads: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            envvar="TAU_LAB_THREADS",
+            help="torch CPU threads (recorded in env.json). 1 by default: more were measured slower on a "
+            "shared CPU (benchmarks/bench_threads.py, docs/benchmarks.md).",
+        ),
+    ] = 1,
 ) -> None:
     """Train every member of EXPERIMENT's grid (τ × mode × seeds) as one population.
 
     Each run gets results/<experiment>/<run-id>/; Ctrl-C or SIGTERM prints the command that resumes it.
     """
+    import torch
+
     from tau_lab import config
+
+    torch.set_num_threads(threads)  # before run_files: env.json records the count the run trains with
 
     overrides = list(set_ or [])
     for key, value in [("device", device), ("precision", precision), ("steps", steps)]:
