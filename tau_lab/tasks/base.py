@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, NamedTuple, Protocol
 
 import torch
+import torch.utils._pytree as pytree
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from torch import Tensor, nn
 
@@ -87,6 +88,10 @@ class Task(Protocol):
     def batch(self, step: int) -> Any:
         """The step's inputs for every member (drawn per seed: members of a seed see the same data)."""
 
+    def batches(self, start: int, n: int) -> Any:
+        """The inputs of steps ``start … start + n − 1``: ``batch(step)`` with every tensor stacked ``[n, ...]``
+        (``TaskBase`` stacks ``batch``); a block of steps reads step i as ``index_batch(batches, i)``."""
+
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: Any) -> StepResult:
         """Loss ``[K]``, gradients of ``params`` and ``∂L/∂τ`` ``[K]`` at ``tau [K]``."""
 
@@ -105,13 +110,22 @@ class Task(Protocol):
 
 
 class TaskBase:
-    """The defaults of ``Task``: no diagnostics, no embeddings (a task's own tables are ``analysis.summary_tables``)."""
+    """The defaults of ``Task``: no diagnostics, no embeddings (a task's own tables are ``analysis.summary_tables``),
+    a block's batches stacked from ``batch``."""
+
+    def batches(self, start: int, n: int) -> Any:
+        return pytree.tree_map(lambda *xs: torch.stack(xs), *(self.batch(s) for s in range(start, start + n)))
 
     def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
         return {}
 
     def embed(self, params: dict[str, Tensor]) -> Tensor | None:
         return None
+
+
+def index_batch(batches: Any, i: int | Tensor) -> Any:
+    """Step ``i`` of ``Task.batches``: every tensor ``[n, ...]`` indexed at ``i``."""
+    return pytree.tree_map(lambda x: None if x is None else x[i], batches)
 
 
 def member_seeds(members: list[dict[str, Any]], device: torch.device) -> tuple[list[int], Tensor]:
