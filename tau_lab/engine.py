@@ -30,7 +30,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import pandas as pd
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
+from torch._higher_order_ops.scan import scan
 
 from tau_lab import config, metrics, results
 from tau_lab.checkpoint import (
@@ -45,7 +47,7 @@ from tau_lab.errors import UserError
 from tau_lab.optim import Optimizer, build_optimizer
 from tau_lab.progress import Progress
 from tau_lab.tasks import TASKS
-from tau_lab.tasks.base import StepResult, Task, index_batch
+from tau_lab.tasks.base import StepResult, Task, index_batch, warn
 from tau_lab.temperature import Temperature
 
 
@@ -282,7 +284,7 @@ class Training:
     temperature: Temperature
     optimizer: Optimizer
     trains_tau: bool  # else logit_scale is left out of the update: fewer ops per step
-    autocast: torch.autocast
+    bf16: bool  # the task's step under autocast to bfloat16
 
     def forward(
         self, c: Carry, x: StepInputs, check: bool = False, step_fn: Callable[..., StepResult] | None = None
@@ -293,7 +295,7 @@ class Training:
         clamped to a meaningless end). Returns the carry, τ ``[K]``, the task's result and the gradients."""
         scale = c.params["logit_scale"]
         tau = self.temperature.tau(scale, scale, x.scheduled)
-        with self.autocast:
+        with torch.autocast(tau.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             out = (step_fn or self.task.step)({n: c.params[n] for n in self.task.params}, tau, x.batch)
         grads = dict(out.grads)
         if self.trains_tau or check:
@@ -321,12 +323,27 @@ class Training:
         params["logit_scale"] = self.temperature.clamp(params["logit_scale"])
         return c._replace(params=params, optimizer=optimizer)
 
-    def block(self, c: Carry, xs: StepInputs) -> Carry:
+    def block(self, c: Carry, xs: StepInputs, step_fn: Callable[..., StepResult] | None = None) -> Carry:
         """``len(xs.step)`` steps in one call, each ``forward`` then ``update``; ``xs`` from ``inputs``."""
         for i in range(len(xs.step)):
-            c, _, _, grads = self.forward(c, index_batch(xs, i))
+            x = StepInputs(xs.step[i], index_batch(xs.batch, i), *(None if v is None else v[i] for v in xs[2:]))
+            c, _, _, grads = self.forward(c, x, step_fn=step_fn)
             c = self.update(c, grads)
         return c
+
+    def scan(self, c: Carry, xs: StepInputs) -> Carry:
+        """``block`` as torch's ``scan`` higher-order op, for ``torch.compile``: the step is traced once, whatever
+        the block's length (an unrolled loop compiles for minutes)."""
+        leaves, spec = pytree.tree_flatten(c)
+
+        def body(leaves: list[Tensor], x: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
+            c, _, _, grads = self.forward(pytree.tree_unflatten(leaves, spec), StepInputs(**x))
+            # scan takes flat tensors, none of them an input's alias (an unchanged one is cloned)
+            return [t.clone() for t in pytree.tree_leaves(self.update(c, grads))], x["step"].clone()
+
+        given = {name: value for name, value in xs._asdict().items() if value is not None}  # tensors only
+        leaves, _ = scan(lambda carry, x: body(carry, dict.fromkeys(StepInputs._fields) | x), leaves, given)
+        return pytree.tree_unflatten(leaves, spec)
 
     def inputs(self, start: int, n: int) -> StepInputs:
         """The inputs of steps ``start … start + n − 1``, stacked ``[n, ...]``."""
@@ -341,21 +358,37 @@ def _block_end(experiment: config.Experiment, step: int) -> int:
     return min(experiment.steps, *((step // e + 1) * e for e in every))
 
 
-def _block_function(training: Training, compile: bool, device: torch.device) -> Callable[[Carry, StepInputs], Carry]:
-    """``training.block``, or with ``compile`` that block compiled once per length (a block's loop is unrolled):
-    with CUDA graphs on a GPU (``mode="reduce-overhead"``: a block is one graph replay)."""
+def _block_function(
+    training: Training, compile: bool, step_fn: Callable[..., StepResult], device: torch.device
+) -> Callable[[Carry, StepInputs], Carry]:
+    """``training.block``; with ``compile``, ``training.scan`` compiled whole (``fullgraph``; on a GPU as a CUDA
+    graph, ``mode="reduce-overhead"``: a block is one replay). A step torch cannot capture whole (autograd's
+    ``torch.autograd.grad`` inside ``scan``) falls back, with one warning, to the eager block around the
+    compiled ``step_fn``."""
     if not compile:
         return training.block
     mode = "reduce-overhead" if device.type == "cuda" else None
-
-    @functools.cache
-    def compiled(n: int) -> Callable[[Carry, StepInputs], Carry]:
-        return torch.compile(training.block, dynamic=False, mode=mode)
+    compiled: list[Callable[[Carry, StepInputs], Carry]] = [
+        torch.compile(training.scan, fullgraph=True, dynamic=None, mode=mode)
+    ]
 
     def block(c: Carry, xs: StepInputs) -> Carry:
-        if mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were copied out (assign)
-        return compiled(len(xs.step))(c, xs)
+        if compiled:
+            try:
+                if mode == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were copied out
+                if len(xs.step) > 1:  # one graph for every length (torch specialises a length of 1)
+                    for t in pytree.tree_leaves(xs):
+                        if t is not None:
+                            torch._dynamo.mark_dynamic(t, 0)
+                return compiled[0](c, xs)
+            except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing, before any step ran
+                warn(
+                    f"compile: this task's block of steps is not traceable whole ({type(err).__name__}); "
+                    "its steps run one by one, each compiled"
+                )
+                compiled.clear()
+        return training.block(c, xs, step_fn)
 
     return block
 
@@ -461,10 +494,9 @@ def train_population(
     state = PopulationState.start(params, optimizer, log, temperature(0).detach())
     identity = fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
     _resume(checkpoint, state, identity)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=experiment.precision == "bf16")
-    training = Training(task, temperature, optimizer, trains_tau, autocast)
+    training = Training(task, temperature, optimizer, trains_tau, experiment.precision == "bf16")
     step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
-    block = _block_function(training, experiment.compile, device)
+    block = _block_function(training, experiment.compile, step_fn, device)
     bar = Progress(steps, min(state.step, steps), label, progress)
 
     with _interrupt_after_step() as interrupted, contextlib.closing(bar):

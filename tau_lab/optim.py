@@ -80,7 +80,7 @@ class Optimizer:
                 shape = (-1, *([1] * (p.ndim - 1)))
                 denom = (v / bc2.reshape(shape)).sqrt() + self.eps
                 update = lr * (m / bc1.reshape(shape)) / denom + lr * wd * p
-            updated[key] = p - torch.where(mask, update, 0.0)  # where, not a product: frozen members may hold NaN
+            updated[key] = torch.where(mask, p - update, p)  # where, not a product: frozen members may hold NaN
         return updated, state
 
     def state_dict(self) -> dict[str, Tensor]:

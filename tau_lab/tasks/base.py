@@ -125,6 +125,8 @@ class TaskBase:
 
 def index_batch(batches: Any, i: int | Tensor) -> Any:
     """Step ``i`` of ``Task.batches``: every tensor ``[n, ...]`` indexed at ``i``."""
+    if isinstance(batches, Tensor):  # most tasks' batch: no tree to walk (a Python cost at every step)
+        return batches[i]
     return pytree.tree_map(lambda x: None if x is None else x[i], batches)
 
 
