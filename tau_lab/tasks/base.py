@@ -154,14 +154,13 @@ def autograd_step(
     """Gradients by autograd for ``loss_fn(params, tau) -> (loss [K], sims or None)``.
 
     Members are independent, so the gradient of ``Σ_k L_k`` with respect to the stacked
-    parameters is the stack of each member's own gradient.
+    parameters is the stack of each member's own gradient. ``torch.func.grad`` rather than
+    ``torch.autograd.grad``: ``torch.compile`` traces it inside a compiled block of steps (``scan``).
     """
-    leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
-    tau = tau.detach().requires_grad_()
-    loss, sims = loss_fn(leaves, tau)
-    *grads, grad_tau = torch.autograd.grad(loss.sum(), [*leaves.values(), tau], allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads, strict=True)]
-    grad_tau = torch.zeros_like(tau) if grad_tau is None else grad_tau
-    return StepResult(
-        loss.detach(), dict(zip(leaves, grads, strict=True)), grad_tau, None if sims is None else sims.detach()
-    )
+
+    def total(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        loss, sims = loss_fn(p, t)
+        return loss.sum(), (loss,) if sims is None else (loss, sims)  # torch.func's aux holds tensors only
+
+    (grads, grad_tau), (loss, *sims) = torch.func.grad(total, argnums=(0, 1), has_aux=True)(params, tau)
+    return StepResult(loss.detach(), grads, grad_tau, sims[0].detach() if sims else None)
