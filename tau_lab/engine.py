@@ -6,6 +6,12 @@ loss and gradients of every member, the optimizer updates the live ones, and lea
 temperatures are clamped. A member whose loss (or, at logging steps, gradient or parameters)
 turns non-finite is marked diverged at that step and frozen; the others go on.
 
+The step is a pure function of the population's tensors (``Carry``; ``Training.forward`` then
+``Training.update``). Logging, evaluation and the last step run one step at a time; the steps between
+them (and checkpoints) run in blocks of at most ``block_steps`` as one call (``Training.block``, or with
+``compile`` the same steps as torch's ``scan``, compiled once), reading nothing back from the device: a
+block computes what its steps alone compute. Ctrl-C and the progress bar act between blocks.
+
 A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState.state_dict()``
 and the run's configuration; see ``tau_lab.checkpoint``) and the metrics it logged, appended as
 ``metrics/chunk-{i}-{until:08d}.parquet`` parts (the records of steps below ``until``) at every checkpoint
@@ -336,13 +342,14 @@ class Training:
         the block's length (an unrolled loop compiles for minutes)."""
         leaves, spec = pytree.tree_flatten(c)
 
-        def body(leaves: list[Tensor], x: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
-            c, _, _, grads = self.forward(pytree.tree_unflatten(leaves, spec), StepInputs(**x))
+        def body(leaves: list[Tensor], given: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
+            x = StepInputs(**(dict.fromkeys(StepInputs._fields) | given))
+            c, _, _, grads = self.forward(pytree.tree_unflatten(leaves, spec), x)
             # scan takes flat tensors, none of them an input's alias (an unchanged one is cloned)
-            return [t.clone() for t in pytree.tree_leaves(self.update(c, grads))], x["step"].clone()
+            return [t.clone() for t in pytree.tree_leaves(self.update(c, grads))], x.step.clone()
 
-        given = {name: value for name, value in xs._asdict().items() if value is not None}  # tensors only
-        leaves, _ = scan(lambda carry, x: body(carry, dict.fromkeys(StepInputs._fields) | x), leaves, given)
+        given = {name: value for name, value in xs._asdict().items() if value is not None}  # scan takes tensors only
+        leaves, _ = scan(body, leaves, given)
         return pytree.tree_unflatten(leaves, spec)
 
     def inputs(self, start: int, n: int) -> StepInputs:
@@ -362,9 +369,9 @@ def _block_function(
     training: Training, compile: bool, step_fn: Callable[..., StepResult], device: torch.device
 ) -> Callable[[Carry, StepInputs], Carry]:
     """``training.block``; with ``compile``, ``training.scan`` compiled whole (``fullgraph``; on a GPU as a CUDA
-    graph, ``mode="reduce-overhead"``: a block is one replay). A step torch cannot capture whole (autograd's
-    ``torch.autograd.grad`` inside ``scan``) falls back, with one warning, to the eager block around the
-    compiled ``step_fn``."""
+    graph, ``mode="reduce-overhead"``: a block is one replay). A task's step that torch cannot capture whole
+    inside ``scan`` (a graph break: a read of a tensor's value, an unsupported op) falls back, with one warning,
+    to the eager block around the compiled ``step_fn``."""
     if not compile:
         return training.block
     mode = "reduce-overhead" if device.type == "cuda" else None
