@@ -8,7 +8,8 @@ The compiled variants share one compiled block (``torch.compile`` of ``torch``'s
 length); its compile time is the first compiled run's wall time minus a warm run's (inductor compiles in
 worker processes; a warm inductor cache, ``/tmp/torchinductor_$USER``, shortens it).
 
-Usage: ``python benchmarks/bench_block.py [--steps N] [--rounds R] [--members 5 100] [--no-compile]``.
+Usage: ``python benchmarks/bench_block.py [--steps N] [--rounds R] [--members 5 100] [--no-compile] [--quick]``
+(``--quick``: 200 steps, one round, K = 5: a smoke test, as ``make bench BENCH_ARGS=--quick`` passes it).
 """
 
 from __future__ import annotations
@@ -82,7 +83,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--members", type=int, nargs="+", default=[5, 100])
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="200 steps, one round, K = 5")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.rounds, args.members = 200, 1, [5]
     torch.set_num_threads(1)
     print(f"quadrants, {args.steps} steps, medians of {args.rounds} interleaved rounds, torch {torch.__version__}")
     print("| K | variant | member-steps/s | × block_steps=1 eager | note |")
