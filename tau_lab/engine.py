@@ -509,25 +509,27 @@ def train_population(
     with _interrupt_after_step() as interrupted, contextlib.closing(bar):
         step = state.step
         while step <= steps:
-            logging, last = step % experiment.log_every == 0 or step == steps, step == steps
-            if logging or step % experiment.eval_every == 0 or last:
+            last = step == steps
+            logging, evaluating = step % experiment.log_every == 0 or last, step % experiment.eval_every == 0 or last
+            if logging or evaluating:
                 # one step alone: forward and backward, divergence (gradients and parameters checked when
                 # logging), logging and evaluation (a search's pruner may freeze members), the update
                 scheduled, _ = temperature.schedule(step, 1)
                 x = StepInputs(step, task.batch(step), None if scheduled is None else scheduled[0], None)
                 carry, tau, out, grads = training.forward(state.carry(), x, check=logging, step_fn=step_fn)
                 state.assign(carry)
-                state.window_steps, n = state.window_steps + 1, 1
+                state.window_steps += 1
                 if logging:
                     losses = _log(state, step, task, temperature, tau, out, grads)["loss"][state.alive]
                     extremes = (losses.min(), losses.max()) if len(losses) else ()
                     bar.status(int(state.alive.sum()), len(rows), *extremes)
-                if step % experiment.eval_every == 0 or last:
+                if evaluating:
                     _evaluate(state, step, task, on_eval)
                     state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
                 if last:
                     break
                 state.assign(training.update(state.carry(), grads))
+                n = 1
             else:
                 # the steps up to the next event (at most block_steps) in one call, divergence at its exact step
                 n = min(experiment.block_steps, _block_end(experiment, step) - step)
