@@ -77,7 +77,7 @@ class Experiment(_Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     block_steps: int = Field(
-        32, ge=1, description="steps between logging, evaluation and checkpoints run as one call (1: one at a time)"
+        64, ge=1, description="steps between logging, evaluation and checkpoints run as one call (1: one at a time)"
     )
     memory_budget_mb: float = Field(4096, gt=0, description="members per chunk are sized to fit")
     optimizer: Optimizer = Optimizer()

@@ -374,7 +374,7 @@ def _block_function(
     an unsupported op) falls back, with one warning, to the eager block around the compiled ``step_fn``."""
     if not compile:
         return training.block
-    # a CPU graph with a C++ wrapper: scan's loop then runs in C++, not Python (twice the member-steps/s)
+    # a CPU graph with a C++ wrapper: scan's loop runs in C++, not Python (benchmarks/bench_block.py measures it)
     mode, options = ("reduce-overhead", None) if device.type == "cuda" else (None, {"cpp_wrapper": True})
     compiled: list[Callable[[Carry, StepInputs], Carry]] = [
         torch.compile(training.scan, fullgraph=True, dynamic=None, mode=mode, options=options)
