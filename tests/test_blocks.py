@@ -113,16 +113,21 @@ def test_schedule_rows_are_the_temperature_of_each_step():
 
 @pytest.mark.compile
 def test_a_compiled_block_matches_the_eager_one_float32():
+    # two populations in one process: the second (other seeds, rates and τ) must not run the first's graph
     pytest.importorskip("torch._inductor", reason="torch.compile's inductor is not available")
-    overrides = ["steps=24", "log_every=12", "eval_every=24", "sweep.tau=[0.5, 0.1]", "sweep.seeds=[0]"]
-    overrides += ["sweep.tau_mode=['fixed', 'learnable']", "optimizer.tau_lr=0.05", "block_steps=11"]
-    experiment, _ = config.load_experiment("quadrants", overrides)
-    rows = config.members(experiment)
-    eager = engine.train_population(experiment, rows, CPU)
-    compiled = engine.train_population(experiment.model_copy(update={"compile": True}), rows, CPU)
-    for name, value in eager["params"].items():
-        torch.testing.assert_close(compiled["params"][name], value, rtol=1e-5, atol=1e-6)
-    eager_log, compiled_log = eager["log"].frame(), compiled["log"].frame()
-    torch.testing.assert_close(
-        torch.tensor(compiled_log.value.to_numpy()), torch.tensor(eager_log.value.to_numpy()), rtol=1e-4, atol=1e-6
-    )
+    base = ["steps=24", "log_every=12", "eval_every=24", "sweep.tau_mode=['fixed', 'learnable']", "block_steps=11"]
+    for overrides in (
+        ["sweep.tau=[0.5, 0.1]", "sweep.seeds=[0]", "optimizer.tau_lr=0.05"],
+        ["sweep.tau=[0.3]", "sweep.seeds=[1, 2]", "optimizer.lr=0.01", "optimizer.tau_lr=0.1"],
+    ):
+        experiment, _ = config.load_experiment("quadrants", [*base, *overrides])
+        rows = config.members(experiment)
+        eager = engine.train_population(experiment, rows, CPU)
+        compiled = engine.train_population(experiment.model_copy(update={"compile": True}), rows, CPU)
+        for name, value in eager["params"].items():
+            torch.testing.assert_close(compiled["params"][name], value, rtol=1e-5, atol=1e-6)
+        eager_log, compiled_log = eager["log"].frame(), compiled["log"].frame()
+        assert eager_log[["member", "step", "metric"]].equals(compiled_log[["member", "step", "metric"]])
+        torch.testing.assert_close(
+            torch.tensor(compiled_log.value.to_numpy()), torch.tensor(eager_log.value.to_numpy()), rtol=1e-4, atol=1e-6
+        )
