@@ -76,6 +76,7 @@ search: install
 bench: install
 	$(BIN)/python -m pip install --quiet $(CONSTRAINTS) -e ".[bench]"
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench_block.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_threads.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_contrastive.py $(BENCH_ARGS)
 	$(BIN)/python benchmarks/bench_distill.py $(BENCH_ARGS)

@@ -27,8 +27,8 @@ from tau_lab.errors import UserError
 CHECKPOINT_FORMAT = 2  # 1: the pickled checkpoints of tau-lab ≤ 0.1, refused
 # Keys that may differ between a run and its resume: they name or place the run, or change how fast it
 # trains, not what it computes (a checkpoint is saved on the CPU and loads on any device; compile traces
-# the same step).
-RESUMABLE_CHANGES = ("name", "description", "device", "compile", "checkpoint_every")
+# the same step; a block of steps computes each of its steps as a step alone does).
+RESUMABLE_CHANGES = ("name", "description", "device", "compile", "block_steps", "checkpoint_every")
 
 
 class CheckpointError(UserError):

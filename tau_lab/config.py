@@ -77,6 +77,9 @@ class Experiment(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    block_steps: int = Field(
+        64, ge=1, description="steps between logging, evaluation and checkpoints run as one call (1: one at a time)"
+    )
     memory_budget_mb: float = Field(4096, gt=0, description="members per chunk are sized to fit")
     optimizer: Optimizer = Optimizer()
     temperature: TemperatureSettings = TemperatureSettings()

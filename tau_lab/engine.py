@@ -6,6 +6,12 @@ loss and gradients of every member, the optimizer updates the live ones, and lea
 temperatures are clamped. A member whose loss (or, at logging steps, gradient or parameters)
 turns non-finite is marked diverged at that step and frozen; the others go on.
 
+The step is a pure function of the population's tensors (``Carry``; ``Training.forward`` then
+``Training.update``). Logging, evaluation and the last step run one step at a time; the steps between
+them (and checkpoints) run in blocks of at most ``block_steps`` as one call (``Training.block``, or with
+``compile`` the same steps as torch's ``scan``, compiled once), reading nothing back from the device: a
+block computes what its steps alone compute. Ctrl-C and the progress bar act between blocks.
+
 A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState.state_dict()``
 and the run's configuration; see ``tau_lab.checkpoint``) and the metrics it logged, appended as
 ``metrics/chunk-{i}-{until:08d}.parquet`` parts (the records of steps below ``until``) at every checkpoint
@@ -26,12 +32,14 @@ import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
 import torch
+import torch.utils._pytree as pytree
 from torch import Tensor
+from torch._higher_order_ops.scan import scan
 
 from tau_lab import config, metrics, results
 from tau_lab.checkpoint import (
@@ -46,7 +54,7 @@ from tau_lab.errors import UserError
 from tau_lab.optim import Optimizer, build_optimizer
 from tau_lab.progress import Progress
 from tau_lab.tasks import TASKS
-from tau_lab.tasks.base import StepResult, Task
+from tau_lab.tasks.base import StepResult, Task, index_batch, warn
 from tau_lab.temperature import Temperature
 
 
@@ -158,6 +166,19 @@ class MetricLog:
 # ----------------------------------------------------------------------------- the population's state
 
 
+class Carry(NamedTuple):
+    """What a training step reads and writes, passed on by value: a block of steps is then a pure function of
+    it, which ``torch.compile`` traces whole. Every tensor but the parameters' is ``[K]``."""
+
+    params: dict[str, Tensor]  # the task's parameters and logit_scale
+    optimizer: dict[str, Tensor]  # the optimizer's state
+    alive: Tensor
+    diverged_step: Tensor  # -1 while alive
+    last_tau: Tensor  # a diverged member's τ at its last finite step
+    previous_tau: Tensor  # every member's τ at the step before this one (at step 0: its τ)
+    window_loss: Tensor  # the loss summed since the last logging step
+
+
 @dataclass
 class PopulationState:
     """Everything a population carries from one step to the next; a checkpoint is its ``state_dict()``.
@@ -173,15 +194,15 @@ class PopulationState:
     pruned: Tensor
     diverged_step: Tensor  # -1 while alive
     last_tau: Tensor  # a diverged member's τ at its last finite step
-    previous_tau: Tensor  # every member's τ at the step before this one
+    previous_tau: Tensor  # every member's τ at the step before this one (at step 0: its τ)
     window_loss: Tensor  # the loss summed since the last logging step
     window_steps: int = 0
     step: int = 0  # the next step to take; steps + 1 once the population has finished
     embeddings: list[tuple[int, Tensor]] = field(default_factory=list)
 
     @classmethod
-    def start(cls, params: dict[str, Tensor], optimizer: Optimizer, log: MetricLog) -> PopulationState:
-        """Step 0: every member alive."""
+    def start(cls, params: dict[str, Tensor], optimizer: Optimizer, log: MetricLog, tau: Tensor) -> PopulationState:
+        """Step 0 (``tau``: its τ ``[K]``): every member alive."""
         scale = params["logit_scale"]
         k, device = len(scale), scale.device
         nan = torch.full((k,), math.nan, dtype=scale.dtype, device=device)
@@ -193,9 +214,25 @@ class PopulationState:
             pruned=torch.zeros(k, dtype=torch.bool, device=device),
             diverged_step=torch.full((k,), -1, device=device),
             last_tau=nan,
-            previous_tau=nan,
+            previous_tau=tau.clone(),  # at step 0, a member that diverges keeps the τ of that step
             window_loss=torch.zeros(k, device=device),
         )
+
+    def carry(self) -> Carry:
+        """The tensors a step reads and writes."""
+        tracked = (self.alive, self.diverged_step, self.last_tau, self.previous_tau, self.window_loss)
+        return Carry(dict(self.params), dict(self.optimizer.state), *tracked)
+
+    def assign(self, carry: Carry) -> None:
+        """Take a step's results, copied into this state's own tensors (the task and the temperature hold the
+        parameters; a CUDA graph reuses its outputs' memory at its next replay)."""
+        for name, value in [*carry.params.items(), *carry.optimizer.items()]:
+            own = self.params[name] if name in self.params else self.optimizer.state[name]
+            if value is not own:
+                own.copy_(value)
+        for name in Carry._fields[2:]:
+            if getattr(carry, name) is not getattr(self, name):
+                getattr(self, name).copy_(getattr(carry, name))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain tensors (on the CPU), lists and numbers."""
@@ -258,26 +295,144 @@ def _resume(checkpoint: Path | None, state: PopulationState, identity: dict[str,
     state.log.drop_after(state.step)
 
 
-# ----------------------------------------------------------------------------- one step's bookkeeping
+# ----------------------------------------------------------------------------- the step
+
+
+class StepInputs(NamedTuple):
+    """What a step takes besides the ``Carry``; a block's are stacked ``[n, ...]`` (``Training.inputs``)."""
+
+    step: int | Tensor
+    batch: Any  # Task.batch(step)
+    scheduled: Tensor | None  # [K]: the scheduled members' τ (Temperature.schedule), None if there are none
+    lam: Tensor | None  # ctkd's λ(step) (Temperature.schedule); None: computed from the step
 
 
 def _finite_per_member(tensors: list[Tensor]) -> Tensor:
     return torch.stack([torch.isfinite(t).reshape(t.shape[0], -1).all(-1) for t in tensors]).all(0)
 
 
-def _mark_divergence(state: PopulationState, step: int, tau: Tensor, out: StepResult, checked: list[Tensor]) -> None:
-    """Freeze members whose loss (or any of ``checked``: gradients and parameters at logging steps) is not
-    finite; keep the τ of their last finite step (a blown-up learnable τ is clamped to a meaningless end)."""
-    finite = torch.isfinite(out.loss)
-    if checked:
-        finite &= _finite_per_member(checked)
-    newly = state.alive & ~finite
-    state.diverged_step = torch.where(newly, step, state.diverged_step)
-    state.last_tau = torch.where(newly, tau if step == 0 else state.previous_tau, state.last_tau)
-    state.previous_tau = tau
-    state.alive &= finite
-    state.window_loss += out.loss  # a frozen member's NaN is masked when the window is logged
-    state.window_steps += 1
+@dataclass
+class Training:
+    """The training step as pure functions of the ``Carry``: ``forward`` (τ, the task's loss and gradients,
+    divergence at this very step), ``update`` (the masked optimizer, the clamp of learnable τ), and ``block``:
+    n steps of both in one call, the engine's path between logging steps. No host syncs: a block runs ahead."""
+
+    task: Task
+    temperature: Temperature
+    optimizer: Optimizer
+    trains_tau: bool  # else logit_scale is left out of the update: fewer ops per step
+    bf16: bool  # the task's step under autocast to bfloat16
+
+    def forward(
+        self, c: Carry, x: StepInputs, check: bool = False, step_fn: Callable[..., StepResult] | None = None
+    ) -> tuple[Carry, Tensor, StepResult, dict[str, Tensor]]:
+        """Every member's loss and gradients (``∂L/∂logit_scale`` too when τ is trained or ``check``) at its τ of
+        ``x.step``; members whose loss (with ``check``, at logging steps: gradients and parameters too) is not
+        finite are frozen from this step, keeping the τ of their last finite step (a blown-up learnable τ is
+        clamped to a meaningless end). Returns the carry, τ ``[K]``, the task's result and the gradients."""
+        scale = c.params["logit_scale"]
+        tau = self.temperature.tau(scale, scale, x.scheduled)
+        with torch.autocast(tau.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            out = (step_fn or self.task.step)({n: c.params[n] for n in self.task.params}, tau, x.batch)
+        grads = dict(out.grads)
+        if self.trains_tau or check:
+            grads["logit_scale"] = self.temperature.logit_scale_grad(tau, out.grad_tau, x.step, x.lam)
+        finite = torch.isfinite(out.loss)
+        if check:
+            finite &= _finite_per_member([*grads.values(), *c.params.values()])
+        newly = c.alive & ~finite
+        c = c._replace(
+            alive=c.alive & finite,
+            diverged_step=torch.where(newly, x.step, c.diverged_step),
+            last_tau=torch.where(newly, c.previous_tau, c.last_tau),
+            previous_tau=tau,
+            window_loss=c.window_loss + out.loss,  # a frozen member's NaN is masked when the window is logged
+        )
+        return c, tau, out, grads
+
+    def update(self, c: Carry, grads: dict[str, Tensor]) -> Carry:
+        """The optimizer's step on the live members (on learnable τ: live and learnable), then the clamp."""
+        masks = {name: c.alive for name in self.task.params}
+        if self.trains_tau:
+            masks["logit_scale"] = c.alive & self.temperature.learnable
+        params, optimizer = self.optimizer.update({n: c.params[n] for n in masks}, grads, masks, c.optimizer)
+        params = c.params | params
+        params["logit_scale"] = self.temperature.clamp(params["logit_scale"])
+        return c._replace(params=params, optimizer=optimizer)
+
+    def block(self, c: Carry, xs: StepInputs, step_fn: Callable[..., StepResult] | None = None) -> Carry:
+        """``len(xs.step)`` steps in one call, each ``forward`` then ``update``; ``xs`` from ``inputs``."""
+        for i in range(len(xs.step)):
+            x = StepInputs(xs.step[i], index_batch(xs.batch, i), *(None if v is None else v[i] for v in xs[2:]))
+            c, _, _, grads = self.forward(c, x, step_fn=step_fn)
+            c = self.update(c, grads)
+        return c
+
+    def scan(self, c: Carry, xs: StepInputs) -> Carry:
+        """``block`` as torch's ``scan`` higher-order op, for ``torch.compile``: the step is traced once, whatever
+        the block's length (an unrolled loop compiles for minutes)."""
+        leaves, spec = pytree.tree_flatten(c)
+
+        def body(leaves: list[Tensor], given: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
+            x = StepInputs(**(dict.fromkeys(StepInputs._fields) | given))
+            c, _, _, grads = self.forward(pytree.tree_unflatten(leaves, spec), x)
+            # scan takes flat tensors, none of them an input's alias (an unchanged one is cloned)
+            return [t.clone() for t in pytree.tree_leaves(self.update(c, grads))], x.step.clone()
+
+        given = {name: value for name, value in xs._asdict().items() if value is not None}  # scan takes tensors only
+        leaves, _ = scan(body, leaves, given)
+        return pytree.tree_unflatten(leaves, spec)
+
+    def inputs(self, start: int, n: int) -> StepInputs:
+        """The inputs of steps ``start … start + n − 1``, stacked ``[n, ...]``."""
+        scheduled, lam = self.temperature.schedule(start, n)
+        steps = torch.arange(start, start + n, device=self.temperature.tau_init.device)
+        return StepInputs(steps, self.task.batches(start, n), scheduled, lam)
+
+
+def _block_end(experiment: config.Experiment, step: int) -> int:
+    """The first step after ``step`` that is logged or evaluated, or that a checkpoint is written before."""
+    every = (experiment.log_every, experiment.eval_every, experiment.checkpoint_every or experiment.steps)
+    return min(experiment.steps, *((step // e + 1) * e for e in every))
+
+
+def _block_function(
+    training: Training, compile: bool, step_fn: Callable[..., StepResult], device: torch.device
+) -> Callable[[Carry, StepInputs], Carry]:
+    """``training.block``; with ``compile``, ``training.scan`` compiled whole (``fullgraph``; on the CPU with
+    inductor's ``cpp_wrapper``, on a GPU as a CUDA graph, ``mode="reduce-overhead"``: a block is one replay).
+    A task's step that torch cannot capture whole inside ``scan`` (a graph break: a read of a tensor's value,
+    an unsupported op) falls back, with one warning, to the eager block around the compiled ``step_fn``."""
+    if not compile:
+        return training.block
+    # a CPU graph with a C++ wrapper: scan's loop runs in C++, not Python (benchmarks/bench_block.py measures it)
+    mode, options = ("reduce-overhead", None) if device.type == "cuda" else (None, {"cpp_wrapper": True})
+    compiled: list[Callable[[Carry, StepInputs], Carry]] = [
+        torch.compile(training.scan, fullgraph=True, dynamic=None, mode=mode, options=options)
+    ]
+
+    def block(c: Carry, xs: StepInputs) -> Carry:
+        if compiled:
+            try:
+                if mode == "reduce-overhead":
+                    torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were copied out
+                if len(xs.step) > 1:  # one graph for every length (torch specialises a length of 1)
+                    for t in pytree.tree_leaves(xs):
+                        if t is not None:
+                            torch._dynamo.mark_dynamic(t, 0)
+                return compiled[0](c, xs)
+            except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing, before any step ran
+                warn(
+                    f"compile: this task's block of steps is not traceable whole ({type(err).__name__}); "
+                    "its steps run one by one, each compiled"
+                )
+                compiled.clear()
+        return training.block(c, xs, step_fn)
+
+    return block
+
+
+# ----------------------------------------------------------------------------- logging, evaluation, Ctrl-C
 
 
 def _log(
@@ -381,47 +536,50 @@ def train_population(
     temperature = Temperature(taus, modes, t.tau_min, t.tau_max, t.period).to(device)
     params = {**task.params, "logit_scale": temperature.logit_scale.data}
     trains_tau = bool(temperature.learnable.any())  # else logit_scale is left out: fewer ops per step
-    trained = params if trains_tau else task.params
+    optimizer = build_optimizer(experiment.optimizer, params if trains_tau else task.params, rows)
     parts = None if checkpoint is None else checkpoint.parent.parent / "metrics"
     log = MetricLog([r["member"] for r in rows], parts, None if checkpoint is None else checkpoint.stem, sink)
-    state = PopulationState.start(params, build_optimizer(experiment.optimizer, trained, rows), log)
+    state = PopulationState.start(params, optimizer, log, temperature(0).detach())
     identity = fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
     _resume(checkpoint, state, identity)
+    training = Training(task, temperature, optimizer, trains_tau, experiment.precision == "bf16")
     step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=experiment.precision == "bf16")
+    block = _block_function(training, experiment.compile, step_fn, device)
     bar = Progress(steps, min(state.step, steps), label, progress)
 
     with _interrupt_after_step() as interrupted, contextlib.closing(bar):
-        for step in range(state.step, steps + 1):
-            logging, last = step % experiment.log_every == 0 or step == steps, step == steps
-            # forward and backward: every member's loss, gradients and ∂L/∂τ at its τ of this step
-            tau = temperature(step).detach()
-            with autocast:
-                out = step_fn(task.params, tau, task.batch(step))
-            grads = dict(out.grads)
-            if trains_tau or logging:
-                grads["logit_scale"] = temperature.logit_scale_grad(tau, out.grad_tau, step)
-            # divergence: non-finite members are frozen (gradients and parameters are checked when logging)
-            _mark_divergence(state, step, tau, out, [*grads.values(), *params.values()] if logging else [])
-            # logging and evaluation (a search's pruner may freeze members here)
-            if logging:
-                losses = _log(state, step, task, temperature, tau, out, grads)["loss"][state.alive]
-                bar.status(int(state.alive.sum()), len(rows), *((losses.min(), losses.max()) if len(losses) else ()))
-            if step % experiment.eval_every == 0 or last:
-                _evaluate(state, step, task, on_eval)
-                state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
-            if last:
-                break
-            # the update of the live members, then the clamp of learnable τ
-            masks = {name: state.alive for name in task.params}
-            if trains_tau:
-                masks["logit_scale"] = state.alive & temperature.learnable
-            state.optimizer.step(trained, grads, masks)
-            temperature.clamp_()
-            state.step = step + 1
-            bar.update(state.step)
-            # checkpoint; after Ctrl-C or SIGTERM, one more and stop: the run resumes from this very step
-            if interrupted[0] or (experiment.checkpoint_every and state.step % experiment.checkpoint_every == 0):
+        step = state.step
+        while step <= steps:
+            last = step == steps
+            logging, evaluating = step % experiment.log_every == 0 or last, step % experiment.eval_every == 0 or last
+            if logging or evaluating:
+                # one step alone: forward and backward, divergence (gradients and parameters checked when
+                # logging), logging and evaluation (a search's pruner may freeze members), the update
+                scheduled, _ = temperature.schedule(step, 1)
+                x = StepInputs(step, task.batch(step), None if scheduled is None else scheduled[0], None)
+                carry, tau, out, grads = training.forward(state.carry(), x, check=logging, step_fn=step_fn)
+                state.assign(carry)
+                state.window_steps += 1
+                if logging:
+                    losses = _log(state, step, task, temperature, tau, out, grads)["loss"][state.alive]
+                    extremes = (losses.min(), losses.max()) if len(losses) else ()
+                    bar.status(int(state.alive.sum()), len(rows), *extremes)
+                if evaluating:
+                    _evaluate(state, step, task, on_eval)
+                    state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
+                if last:
+                    break
+                state.assign(training.update(state.carry(), grads))
+                n = 1
+            else:
+                # the steps up to the next event (at most block_steps) in one call, divergence at its exact step
+                n = min(experiment.block_steps, _block_end(experiment, step) - step)
+                state.assign(block(state.carry(), training.inputs(step, n)))
+                state.window_steps += n
+            step = state.step = step + n
+            bar.update(step)
+            # checkpoint; after Ctrl-C or SIGTERM (read between steps or blocks), one more and stop: a resume starts here
+            if interrupted[0] or (experiment.checkpoint_every and step % experiment.checkpoint_every == 0):
                 _save(checkpoint, state, identity)
             if interrupted[0]:
                 raise Stopped(interrupted[0])

@@ -75,7 +75,8 @@ def check_members(name: str, value: float | Tensor | bool, features: Tensor, wha
 
 
 def _checked(check: Callable[[str, Any], None], name: str, value: float | Tensor) -> None:
-    if not (isinstance(value, Tensor) and value.device.type != "cpu"):
+    # a tensor's values are read on the CPU only: on a GPU that would sync, in a compiled graph it cannot be done
+    if not (isinstance(value, Tensor) and (value.device.type != "cpu" or torch.compiler.is_compiling())):
         check(name, value)
 
 

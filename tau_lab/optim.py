@@ -61,24 +61,35 @@ class Optimizer:
     @torch.no_grad()
     def step(self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor]) -> None:
         """Update ``params`` in place where ``masks[name]`` (``[K]`` bools) is true."""
+        updated, self.state = self.update(params, grads, masks, self.state)
+        for key, p in params.items():
+            p.copy_(updated[key])
+
+    def update(
+        self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor], state: dict[str, Tensor]
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """``step`` as a pure function: the updated parameters and optimizer state, new tensors (a compiled
+        block of steps carries them from step to step; nothing it was given is written)."""
+        state = dict(state)
         if self.name == "adamw":
-            self.state["t"] += torch.stack(list(masks.values())).any(0)
-            t = self.state["t"].clamp(min=1)
+            state["t"] = state["t"] + torch.stack(list(masks.values())).any(0)
+            t = state["t"].clamp(min=1)
             b1, b2 = self.betas
             bc1, bc2 = 1 - b1**t, 1 - b2**t
+        updated = {}
         for key, p in params.items():
             g, lr, wd = grads[key], _per_member(self.lr[key], p), _per_member(self.weight_decay[key], p)
             mask = masks[key].reshape(-1, *([1] * (p.ndim - 1)))
             if self.name == "sgd":
                 update = lr * (g + wd * p) if isinstance(wd, Tensor) or wd else lr * g
             else:
-                m, v = self.state[f"{key}.m"], self.state[f"{key}.v"]
-                m.copy_(torch.where(mask, b1 * m + (1 - b1) * g, m))
-                v.copy_(torch.where(mask, b2 * v + (1 - b2) * g * g, v))
+                m = state[f"{key}.m"] = torch.where(mask, b1 * state[f"{key}.m"] + (1 - b1) * g, state[f"{key}.m"])
+                v = state[f"{key}.v"] = torch.where(mask, b2 * state[f"{key}.v"] + (1 - b2) * g * g, state[f"{key}.v"])
                 shape = (-1, *([1] * (p.ndim - 1)))
                 denom = (v / bc2.reshape(shape)).sqrt() + self.eps
                 update = lr * (m / bc1.reshape(shape)) / denom + lr * wd * p
-            p.sub_(torch.where(mask, update, 0.0))  # where, not a product: frozen members may hold NaN
+            updated[key] = torch.where(mask, p - update, p)  # where, not a product: frozen members may hold NaN
+        return updated, state
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.state.items()}

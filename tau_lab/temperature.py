@@ -135,51 +135,78 @@ class Temperature(nn.Module):
         self.register_buffer("clamped", clamped)
         self.register_buffer("ctkd", ctkd)
         self.register_buffer("tau_init", tau0)
+        self.register_buffer("scheduled", torch.tensor([m in SCHEDULES for m in modes]))
+        self.moves = any(m != "fixed" for m in modes)  # a Python flag: a tensor test would sync a GPU
 
     def forward(self, step: int = 0) -> Tensor:
-        # Python flags, not tensor tests: a step's overhead matters, and on a GPU a test would sync
-        if not any(m != "fixed" for m in self.modes):
+        if not self.moves:
             return self.tau_init
-        tau = torch.where(self.clamped, torch.exp(-self.logit_scale), self.tau_init)  # fixed: τ₀ exactly
-        if self.period is None:
-            return tau
-        if "ctkd" in self.modes:
+        theta = self.logit_scale
+        if "ctkd" in self.modes:  # the reversal acts on ctkd's θ only: learnable members keep their gradient
             theta = _GradientReversal.apply(self.logit_scale, ctkd_lambda(step, self.period))
-            tau = torch.where(self.ctkd, self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(theta), tau)
-        scheduled = [
-            scheduled_tau(m, step, self.tau_min, self.tau_max, self.period) if m in SCHEDULES else 0.0
-            for m in self.modes
-        ]
-        is_scheduled = torch.tensor([m in SCHEDULES for m in self.modes], device=tau.device)
-        return torch.where(is_scheduled, torch.tensor(scheduled, device=tau.device), tau)
+        scheduled, _ = self.schedule(step, 1)
+        return self.tau(self.logit_scale, theta, None if scheduled is None else scheduled[0])
 
-    def logit_scale_grad(self, tau: Tensor, grad_tau: Tensor, step: int) -> Tensor:
+    def schedule(self, start: int, n: int) -> tuple[Tensor | None, Tensor | None]:
+        """What τ takes from the step count, for steps ``start … start + n − 1``: the scheduled members' τ
+        ``[n, K]`` (0 for the others) and ctkd's λ ``[n]``; ``None`` where no member needs it. A block of steps
+        reads its rows, so that τ inside the block follows the live ``logit_scale`` and these."""
+        device, steps = self.tau_init.device, range(start, start + n)
+        scheduled = lam = None
+        if any(m in SCHEDULES for m in self.modes):
+            by_mode = [[scheduled_tau(m, s, self.tau_min, self.tau_max, self.period) for m in SCHEDULES] for s in steps]
+            column = [SCHEDULES.index(m) if m in SCHEDULES else 0 for m in self.modes]
+            scheduled = torch.tensor(by_mode, device=device)[:, column]  # `tau` keeps only the scheduled columns
+        if "ctkd" in self.modes:
+            lam = torch.tensor([ctkd_lambda(s, self.period) for s in steps], device=device)
+        return scheduled, lam
+
+    def tau(self, logit_scale: Tensor, theta: Tensor, scheduled: Tensor | None) -> Tensor:
+        """τ ``[K]`` from ``logit_scale`` (learnable: ``e^{−s}``), ``theta`` (ctkd: ``τ_min + (τ_max − τ_min) σ(θ)``;
+        ``logit_scale`` itself, or it through the gradient reversal) and a row ``[K]`` of ``schedule``; fixed
+        members keep τ₀ exactly. Pure: a compiled block calls it on the values it carries."""
+        if not self.moves:
+            return self.tau_init
+        tau = torch.where(self.clamped, torch.exp(-logit_scale), self.tau_init)
+        if "ctkd" in self.modes:
+            tau = torch.where(self.ctkd, self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(theta), tau)
+        if scheduled is not None:
+            tau = torch.where(self.scheduled, scheduled, tau)
+        return tau
+
+    def logit_scale_grad(self, tau: Tensor, grad_tau: Tensor, step: int, lam: Tensor | None = None) -> Tensor:
         """``∂L/∂logit_scale`` from ``∂L/∂τ`` (``[members]``), as autograd through ``forward(step)`` gives it.
 
         - ``τ = e^{−s}`` gives ``−τ ∂L/∂τ``;
         - ctkd, ``τ = τ_min + (τ_max − τ_min) σ(θ)``: ``dτ/dθ = (τ_max − τ_min) σ (1 − σ)
           = (τ − τ_min)(τ_max − τ) / (τ_max − τ_min)``, times the reversal ``λ(step)``.
 
-        Only learnable and ctkd members are updated; the value for the others is still
+        ``lam``, when given, is ctkd's ``λ(step)`` (a row of ``schedule``: a block's steps are tensors). Only
+        learnable and ctkd members are updated; the value for the others is still
         informative (the pull the loss exerts on their τ) and is logged as ``grad_norm_tau``.
         """
         grad = -tau * grad_tau
         if "ctkd" not in self.modes:
             return grad
         dtau = (tau - self.tau_min) * (self.tau_max - tau) / (self.tau_max - self.tau_min)
-        return torch.where(self.ctkd, ctkd_lambda(step, self.period) * dtau * grad_tau, grad)
+        lam = ctkd_lambda(step, self.period) if lam is None else lam
+        return torch.where(self.ctkd, lam * dtau * grad_tau, grad)
 
     @torch.no_grad()
     def clamp_(self) -> None:
-        """Clamp learnable members to ``[ln(1/τ_max), ln(1/τ_min)]`` in place (after a step).
+        """Clamp learnable members to ``[ln(1/τ_max), ln(1/τ_min)]`` in place (after a step)."""
+        if "learnable" in self.modes:
+            self.logit_scale.copy_(self.clamp(self.logit_scale))
+
+    def clamp(self, logit_scale: Tensor) -> Tensor:
+        """``logit_scale`` with learnable members clamped to ``[ln(1/τ_max), ln(1/τ_min)]``; pure.
 
         ctkd members are left alone: their sigmoid keeps τ in range whatever θ is.
         """
         if "learnable" not in self.modes:
-            return
+            return logit_scale
         lo, hi = math.log(1.0 / self.tau_max), math.log(1.0 / self.tau_min)
-        clamped = self.logit_scale.clamp(lo, hi)
-        self.logit_scale.copy_(torch.where(self.clamped, clamped, self.logit_scale))
+        return torch.where(self.clamped, logit_scale.clamp(lo, hi), logit_scale)
 
     def extra_repr(self) -> str:
         return f"members={len(self.modes)}, tau_min={self.tau_min:g}, tau_max={self.tau_max:g}"

@@ -148,30 +148,44 @@ def test_a_diverged_learnable_member_reports_its_last_finite_tau():
     assert member["tau"] == pytest.approx(0.02)  # the τ of step 0, its last finite step
 
 
-def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(("block_steps", "updates"), [(1, 3), (32, 2)])  # with blocks: after step 0, after 1–2
+def test_progress_lines_when_stderr_is_not_a_terminal(block_steps, updates, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("TAU_LAB_PROGRESS_EVERY", "0")
-    engine.run_sweep(_experiment("steps=3"), "quadrants", root=tmp_path, progress=True)
+    engine.run_sweep(_experiment("steps=3", f"block_steps={block_steps}"), "quadrants", root=tmp_path, progress=True)
     lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 3
+    assert len(lines) == updates
     assert lines[-1].startswith("chunk 1/1: step 3/3 · 4/4 alive · loss ")
     assert "steps/s" in lines[-1] and lines[-1].endswith("left")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_ctrl_c_or_sigterm_checkpoints_the_step_it_stopped_at_and_the_run_resumes_exactly(
-    tmp_path, monkeypatch, signum
-):
-    experiment = _experiment("checkpoint_every=0")  # no periodic checkpoint: only the signal's
-    _, full = engine.run_sweep(experiment, "quadrants", root=tmp_path / "full")
-    real_batch = Quadrants.batch
+def _signal_at(monkeypatch, step: int, signum: int) -> None:
+    """``signum`` delivered while the batch of ``step`` is drawn: alone, or in its block's batches."""
+    real_batch, real_batches = Quadrants.batch, Quadrants.batches
 
-    def batch_then_signal(task, step):
-        if step == 23:
-            os.kill(os.getpid(), signum)  # delivered in the middle of step 23
-        return real_batch(task, step)
+    def batch_then_signal(task, s):
+        if s == step:
+            os.kill(os.getpid(), signum)
+        return real_batch(task, s)
 
-    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    def batches_then_signal(task, start, n):
+        if start <= step < start + n:
+            os.kill(os.getpid(), signum)
+        return real_batches(task, start, n)
+
     monkeypatch.setattr(Quadrants, "batch", batch_then_signal)
+    monkeypatch.setattr(Quadrants, "batches", batches_then_signal)
+
+
+# one step at a time it stops after step 23; in blocks of 4 (21–24: log_every 10) after that block
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(("block_steps", "stopped"), [(1, 24), (4, 25)])
+def test_ctrl_c_or_sigterm_checkpoints_the_step_it_stopped_at_and_the_run_resumes_exactly(
+    block_steps, stopped, signum, tmp_path, monkeypatch
+):
+    experiment = _experiment("checkpoint_every=0", f"block_steps={block_steps}")  # only the signal's checkpoint
+    _, full = engine.run_sweep(experiment, "quadrants", root=tmp_path / "full")
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _signal_at(monkeypatch, 23, signum)
     with pytest.raises(engine.Interrupted) as err:
         engine.run_sweep(experiment, "quadrants", root=tmp_path / "cut")
     monkeypatch.undo()
@@ -179,7 +193,7 @@ def test_ctrl_c_or_sigterm_checkpoints_the_step_it_stopped_at_and_the_run_resume
     run_dir = next((tmp_path / "cut" / "quadrants").iterdir())
     assert err.value.run_dir == run_dir and str(err.value).endswith(f"--resume {run_dir}")
     assert err.value.signum == signum
-    assert torch.load(run_dir / "checkpoints" / "chunk-0.pt", weights_only=True)["step"] == 24
+    assert torch.load(run_dir / "checkpoints" / "chunk-0.pt", weights_only=True)["step"] == stopped
     _, resumed = engine.run_sweep(experiment, "quadrants", run_dir=run_dir)
     for name in ("members", "metrics", "embeddings"):
         pd.testing.assert_frame_equal(resumed[name], full[name])
@@ -188,14 +202,7 @@ def test_ctrl_c_or_sigterm_checkpoints_the_step_it_stopped_at_and_the_run_resume
 def test_plot_draws_the_training_curves_of_a_run_still_training(tmp_path, monkeypatch):
     from tau_lab import figures
 
-    real_batch = Quadrants.batch
-
-    def batch_then_ctrl_c(task, step):
-        if step == 25:
-            os.kill(os.getpid(), signal.SIGINT)
-        return real_batch(task, step)
-
-    monkeypatch.setattr(Quadrants, "batch", batch_then_ctrl_c)
+    _ctrl_c_at(monkeypatch, 25)
     with pytest.raises(engine.Interrupted) as err:
         engine.run_sweep(_experiment("checkpoint_every=0"), "quadrants", root=tmp_path)
     run_dir = err.value.run_dir

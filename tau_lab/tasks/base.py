@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, ClassVar, NamedTuple, Protocol
 
 import torch
+import torch.utils._pytree as pytree
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 from torch import Tensor, nn
 
@@ -87,6 +88,10 @@ class Task(Protocol):
     def batch(self, step: int) -> Any:
         """The step's inputs for every member (drawn per seed: members of a seed see the same data)."""
 
+    def batches(self, start: int, n: int) -> Any:
+        """The inputs of steps ``start … start + n − 1``: ``batch(step)`` with every tensor stacked ``[n, ...]``
+        (``TaskBase`` stacks ``batch``); a block of steps reads step i as ``index_batch(batches, i)``."""
+
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: Any) -> StepResult:
         """Loss ``[K]``, gradients of ``params`` and ``∂L/∂τ`` ``[K]`` at ``tau [K]``."""
 
@@ -105,13 +110,24 @@ class Task(Protocol):
 
 
 class TaskBase:
-    """The defaults of ``Task``: no diagnostics, no embeddings (a task's own tables are ``analysis.summary_tables``)."""
+    """The defaults of ``Task``: no diagnostics, no embeddings (a task's own tables are ``analysis.summary_tables``),
+    a block's batches stacked from ``batch``."""
+
+    def batches(self, start: int, n: int) -> Any:
+        return pytree.tree_map(lambda *xs: torch.stack(xs), *(self.batch(s) for s in range(start, start + n)))
 
     def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
         return {}
 
     def embed(self, params: dict[str, Tensor]) -> Tensor | None:
         return None
+
+
+def index_batch(batches: Any, i: int | Tensor) -> Any:
+    """Step ``i`` of ``Task.batches``: every tensor ``[n, ...]`` indexed at ``i``."""
+    if isinstance(batches, Tensor):  # most tasks' batch: no tree to walk (a Python cost at every step)
+        return batches[i]
+    return pytree.tree_map(lambda x: None if x is None else x[i], batches)
 
 
 def member_seeds(members: list[dict[str, Any]], device: torch.device) -> tuple[list[int], Tensor]:
@@ -138,14 +154,13 @@ def autograd_step(
     """Gradients by autograd for ``loss_fn(params, tau) -> (loss [K], sims or None)``.
 
     Members are independent, so the gradient of ``Σ_k L_k`` with respect to the stacked
-    parameters is the stack of each member's own gradient.
+    parameters is the stack of each member's own gradient. ``torch.func.grad`` rather than
+    ``torch.autograd.grad``: ``torch.compile`` traces it inside a compiled block of steps (``scan``).
     """
-    leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
-    tau = tau.detach().requires_grad_()
-    loss, sims = loss_fn(leaves, tau)
-    *grads, grad_tau = torch.autograd.grad(loss.sum(), [*leaves.values(), tau], allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads, strict=True)]
-    grad_tau = torch.zeros_like(tau) if grad_tau is None else grad_tau
-    return StepResult(
-        loss.detach(), dict(zip(leaves, grads, strict=True)), grad_tau, None if sims is None else sims.detach()
-    )
+
+    def total(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
+        loss, sims = loss_fn(p, t)
+        return loss.sum(), (loss,) if sims is None else (loss, sims)  # torch.func's aux holds tensors only
+
+    (grads, grad_tau), (loss, *sims) = torch.func.grad(total, argnums=(0, 1), has_aux=True)(params, tau)
+    return StepResult(loss.detach(), grads, grad_tau, sims[0].detach() if sims else None)

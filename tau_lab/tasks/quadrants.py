@@ -86,6 +86,10 @@ class Quadrants(TaskBase):
         """The step's points per member, ``[K, 2 + negatives, 2]``."""
         return self.points[self.index[step][self.seed_row]]
 
+    def batches(self, start: int, n: int) -> Tensor:
+        """The points of steps ``start … start + n − 1``, ``[n, K, 2 + negatives, 2]``: one gather."""
+        return self.points[self.index[start : start + n][:, self.seed_row]]
+
     def step(self, params: dict[str, Tensor], tau: Tensor, x: Tensor) -> StepResult:
         """Loss and closed-form gradients for a batch ``x [K, 2 + negatives, 2]``.
 
