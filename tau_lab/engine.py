@@ -578,7 +578,7 @@ def train_population(
                 state.window_steps += n
             step = state.step = step + n
             bar.update(step)
-            # checkpoint; after Ctrl-C or SIGTERM (read between steps or blocks), one more and stop: a resume starts here
+            # checkpoint; after Ctrl-C or SIGTERM (read between blocks), one more and stop: a resume starts here
             if interrupted[0] or (experiment.checkpoint_every and step % experiment.checkpoint_every == 0):
                 _save(checkpoint, state, identity)
             if interrupted[0]:

@@ -176,6 +176,10 @@ def _signal_at(monkeypatch, step: int, signum: int) -> None:
     monkeypatch.setattr(Quadrants, "batches", batches_then_signal)
 
 
+def _ctrl_c_at(monkeypatch, step: int) -> None:
+    _signal_at(monkeypatch, step, signal.SIGINT)
+
+
 # one step at a time it stops after step 23; in blocks of 4 (21–24: log_every 10) after that block
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize(("block_steps", "stopped"), [(1, 24), (4, 25)])
