@@ -79,14 +79,14 @@ def test_a_run_resumed_after_a_crash_holds_each_step_once(tmp_path, monkeypatch)
     # TensorBoard): the resume starts again from the checkpoint of step 30 and logs step 30 a second time
     experiment, _ = config.load_experiment("quadrants", [*SMALL, "checkpoint_every=10"])
     rows = config.members(experiment)
-    real_batch = Quadrants.batch
+    real_batches = Quadrants.batches
 
-    def batch_then_crash(task, step):
-        if step == 35:
+    def batches_then_crash(task, start, n):
+        if start <= 35 < start + n:
             raise RuntimeError("the machine went away")
-        return real_batch(task, step)
+        return real_batches(task, start, n)
 
-    monkeypatch.setattr(Quadrants, "batch", batch_then_crash)
+    monkeypatch.setattr(Quadrants, "batches", batches_then_crash)
     files = results.run_files(config.dumps(experiment), engine.resolve_device("cpu"))
     run_dir, tb = results.new_run_dir("quadrants", tmp_path, files), tmp_path / "tb"
     with pytest.raises(RuntimeError):
