@@ -247,9 +247,11 @@ def sweep_command(
 ) -> None:
     """Train every member of EXPERIMENT's grid (τ × mode × seeds) as one population.
 
-    Each run gets results/<experiment>/<run-id>/; Ctrl-C prints the command that resumes it.
+    Each run gets results/<experiment>/<run-id>/; Ctrl-C prints the command that resumes it. Under
+    `torchrun --nproc-per-node P -m tau_lab sweep ...` the clip, simclr and module tasks split each
+    (global) batch over the P processes and gather their negatives; process 0 writes the run.
     """
-    from tau_lab import config, engine
+    from tau_lab import config, distributed, engine
 
     overrides = list(set_ or [])
     for key, value in [("device", device), ("precision", precision), ("steps", steps)]:
@@ -266,14 +268,18 @@ def sweep_command(
             spec, _ = config.load_experiment(experiment, overrides)
         name = spec.name
         progress = not quiet  # a bar on a terminal, else a line every TAU_LAB_PROGRESS_EVERY seconds
-        run_dir = resume
-        if run_dir is None:  # created whole, config and environment in it, so that --resume accepts it at once
-            files = results.run_files(config.dumps(spec), engine.resolve_device(spec.device))
-            run_dir = results.new_run_dir(name, results_dir, files)
-        try:
-            run_dir, out = engine.run_sweep(spec, name, run_dir=run_dir, root=results_dir, progress=progress)
-        except KeyboardInterrupt:
-            raise _interrupted(shlex.join(["tau-lab", "sweep", "--resume", str(run_dir)])) from None
+        device = engine.resolve_device(spec.device)
+        with distributed.init_from_env(spec, device):
+            main = distributed.is_main()  # under torchrun only process 0 writes and prints
+            run_dir = resume
+            if run_dir is None and main:  # created whole, config and environment in it: --resume accepts it
+                run_dir = results.new_run_dir(name, results_dir, results.run_files(config.dumps(spec), device))
+            try:
+                run_dir, out = engine.run_sweep(spec, name, run_dir=run_dir, root=results_dir, progress=progress)
+            except KeyboardInterrupt:
+                raise _interrupted(shlex.join(["tau-lab", "sweep", "--resume", str(run_dir)])) from None
+    if not main:
+        return
     members = out["members"]
     if not quiet:
         print_frame(members[summary_columns(spec.task, members)], title=f"{name}: final metrics")

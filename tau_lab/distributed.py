@@ -76,16 +76,21 @@ def gather(x: Tensor, dim: int = -2) -> Tensor:
 def local_rows(batch_size: int) -> slice:
     """This process's rows ``[r·b, (r+1)·b)`` of a global batch of ``batch_size``, ``b = batch_size / P``.
 
-    A batch that does not split evenly is one line: the shards must be equal for the mean of the local
-    losses to be the full-batch loss."""
+    A batch that does not split evenly is one line (``check_split``)."""
     rank, processes = world()
+    check_split(batch_size, processes)
+    b = batch_size // processes
+    return slice(rank * b, (rank + 1) * b)
+
+
+def check_split(batch_size: int, processes: int) -> None:
+    """One line unless ``batch_size`` splits into ``processes`` equal shards: the mean of the shards' losses is
+    the full batch's only then."""
     if batch_size % processes:
         raise UserError(
             f"data.batch_size = {batch_size} does not split over the {processes} processes of torchrun: "
             f"use a multiple of {processes} (it is the global batch; each process embeds batch_size / {processes})"
         )
-    b = batch_size // processes
-    return slice(rank * b, (rank + 1) * b)
 
 
 def average(out: StepResult) -> StepResult:
@@ -121,20 +126,23 @@ def torchrun_processes() -> int:
 
 
 @contextlib.contextmanager
-def init_from_env(task: str, device: torch.device) -> Iterator[Any]:
+def init_from_env(experiment: Any, device: torch.device) -> Iterator[None]:
     """Join torchrun's process group for the block, when ``WORLD_SIZE`` > 1 (else do nothing).
 
-    Backend gloo on the CPU, NCCL on CUDA; on CUDA each process takes the device ``LOCAL_RANK``. A task
-    that does not gather its negatives is refused with one line: its processes would only repeat each other.
+    Backend gloo on the CPU, NCCL on CUDA; on CUDA each process takes the device ``LOCAL_RANK``. Checked
+    first, one line each: the task gathers its negatives (other tasks' processes would only repeat each
+    other) and ``data.batch_size`` splits over the processes.
     """
-    if torchrun_processes() == 1 or world()[1] > 1:  # one process, or a group the caller made
+    processes = torchrun_processes()
+    if processes == 1 or world()[1] > 1:  # one process, or a group the caller made
         yield
         return
-    if task not in GATHERING_TASKS:
+    if experiment.task not in GATHERING_TASKS:
         raise UserError(
-            f"task = {task!r} does not gather negatives across processes (only {', '.join(GATHERING_TASKS)} do): "
-            "run it without torchrun"
+            f"task = {experiment.task!r} does not gather negatives across processes (only "
+            f"{', '.join(GATHERING_TASKS)} do): run it without torchrun"
         )
+    check_split(experiment.data.batch_size, processes)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)

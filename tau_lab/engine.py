@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from tau_lab import config, metrics, results
+from tau_lab import config, distributed, metrics, results
 from tau_lab.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -269,7 +269,8 @@ def _log(
     }
     if out.sims is not None:
         k = len(tau)
-        values["effective_negatives"] = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)
+        mean = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)  # of this process's rows
+        values["effective_negatives"] = distributed.mean(mean)
     values |= {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()}
     state.log.record(step, values | task.diagnostics(task.params, tau, step))
     state.window_loss.zero_()
@@ -342,14 +343,16 @@ def train_population(
     params = {**task.params, "logit_scale": temperature.logit_scale.data}
     trains_tau = bool(temperature.learnable.any())  # else logit_scale is left out: fewer ops per step
     trained = params if trains_tau else task.params
-    parts = None if checkpoint is None else checkpoint.parent.parent / "metrics"
+    writes = distributed.is_main()  # under torchrun, process 0 writes; the others read a checkpoint to resume
+    parts = None if checkpoint is None or not writes else checkpoint.parent.parent / "metrics"
     log = MetricLog([r["member"] for r in rows], parts, None if checkpoint is None else checkpoint.stem)
     state = PopulationState.start(params, build_optimizer(experiment.optimizer, trained, rows), log)
     identity = fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
     _resume(checkpoint, state, identity)
     step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=experiment.precision == "bf16")
-    bar = Progress(steps, min(state.step, steps), label, progress)
+    bar = Progress(steps, min(state.step, steps), label, progress and writes)
+    saves = checkpoint if writes else None
 
     with _interrupt_after_step() as interrupted, contextlib.closing(bar):
         for step in range(state.step, steps + 1):
@@ -382,13 +385,13 @@ def train_population(
             bar.update(state.step)
             # checkpoint; after Ctrl-C, one more and stop: the run resumes from this very step
             if interrupted[0] or (experiment.checkpoint_every and state.step % experiment.checkpoint_every == 0):
-                _save(checkpoint, state, identity)
+                _save(saves, state, identity)
             if interrupted[0]:
                 raise KeyboardInterrupt
 
     if state.step <= steps:  # not resumed from a finished checkpoint
         state.step = steps + 1
-        _save(checkpoint, state, identity)
+        _save(saves, state, identity)
     return state.output()
 
 
@@ -442,7 +445,7 @@ def run_sweep(
     progress: bool = False,
     rows: list[dict[str, Any]] | None = None,
     on_eval: Callable[[list[dict[str, Any]], int, dict[str, Tensor]], Tensor | None] | None = None,
-) -> tuple[Path, dict[str, pd.DataFrame]]:
+) -> tuple[Path | None, dict[str, pd.DataFrame]]:
     """Train every member of ``experiment`` and write its run directory.
 
     Ctrl-C checkpoints the step it stopped at and raises ``Interrupted`` with the run directory.
@@ -450,21 +453,26 @@ def run_sweep(
     match ``experiment`` but for ``RESUMABLE_CHANGES``. ``rows`` trains these members instead of the grid (a
     search's trials). ``on_eval(chunk, step, evaluation)`` is ``train_population``'s pruning hook, given the
     rows of the population it evaluated.
+
+    Under torchrun (``tau_lab.distributed``) only process 0 creates and writes the run directory; another
+    process given no ``run_dir`` trains without one (and returns ``None`` for it), given one (a resume) it
+    reads the checkpoints there.
     """
     device = resolve_device(experiment.device)
     rows = config.members(experiment) if rows is None else rows
-    if run_dir is None:
+    writes = distributed.is_main()
+    if run_dir is None and writes:
         run_dir = results.new_run_dir(name, root, results.run_files(config.dumps(experiment), device))
-    else:
+    elif run_dir is not None:
         path = run_dir / "config.toml"
         recorded = config.validate(tomllib.loads(path.read_text()), str(path))
         check_same_config(path, fingerprint(recorded), fingerprint(experiment))
-    if not (run_dir / "members.parquet").is_file():  # the grid while it trains: plot and report read it
+    if writes and not (run_dir / "members.parquet").is_file():  # the grid while it trains: plot and report read it
         results.write_table(pd.DataFrame(rows).assign(status="running"), run_dir / "members")
     outputs = []
     populations = chunks(experiment, rows)
     for i, chunk in enumerate(populations):
-        checkpoint = run_dir / "checkpoints" / f"chunk-{i}.pt"
+        checkpoint = None if run_dir is None else run_dir / "checkpoints" / f"chunk-{i}.pt"
         hook = None if on_eval is None else functools.partial(on_eval, chunk)
         label = f"chunk {i + 1}/{len(populations)}"
         try:
@@ -472,6 +480,6 @@ def run_sweep(
         except KeyboardInterrupt:
             raise Interrupted(run_dir) from None
     out = tables(rows, outputs)
-    for table_name, df in out.items():
+    for table_name, df in out.items() if writes else ():
         results.write_table(df, run_dir / table_name, csv=table_name == "members")
     return run_dir, out
