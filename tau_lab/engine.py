@@ -280,6 +280,8 @@ def _log(
 
 def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable | None) -> None:
     """Evaluate every member, keep the embeddings, and freeze the members a search's pruner stops."""
+    if on_eval is None and not distributed.is_main():
+        return  # under torchrun process 0 evaluates and writes; a pruner needs the evaluation on every process
     with torch.no_grad():
         evaluation = task.evaluate(task.params)
         state.log.record(step, evaluation)

@@ -151,7 +151,10 @@ def test_a_population_in_two_processes_trains_as_one_process_with_the_global_bat
         got = two_processes[0][rank, name]
         for param, value in expected["params"].items():
             torch.testing.assert_close(got["params"][param], value, rtol=1e-10, atol=1e-12, msg=param)
-        _same_metrics(got["metrics"], expected["metrics"])  # the log is float32: loss, τ, evaluations, hardness
+        # the log (float32): loss, τ, gradient norms, hardness, diagnostics; the evaluations on process 0 only
+        trained = expected["metrics"][expected["metrics"]["metric"].isin(set(got["metrics"]["metric"]))]
+        _same_metrics(got["metrics"], expected["metrics"] if rank == 0 else trained)
+    assert len(trained) < len(expected["metrics"])
     if name != "simclr":  # a learnable τ moved: its gradient is averaged over the processes too
         initial = torch.tensor([-math.log(r["tau_init"]) for r in config.members(POPULATIONS[name]())])
         assert (expected["params"]["logit_scale"] - initial).abs().max() > 1e-4
