@@ -67,7 +67,8 @@ def run_study(out: Path, steps: int | None) -> list[dict[str, Any]]:
 
 
 def best_tau(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per batch and metric, every τ against the best, paired by seed."""
+    """Per batch and metric, every τ against the best, paired by seed; with the mean effective negatives and
+    false-negative mass of the last logging step (the hardness the loss saw)."""
     import pandas as pd
 
     from tau_lab.analysis import compare_to_best
@@ -75,11 +76,48 @@ def best_tau(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         members = pd.read_parquet(Path(run["run_dir"]) / "members.parquet")
+        hardness = members.groupby("tau_init")[["effective_negatives", "false_negative_mass"]].mean()
         for metric in METRICS:
-            table = compare_to_best(members, metric, ["tau_init"], lower_is_better=False)
+            table = compare_to_best(members, metric, ["tau_init"], lower_is_better=False).join(hardness, on="tau_init")
             for r in table.to_dict("records"):
                 rows.append({"batch": run["batch"], "processes": run["processes"], "metric": metric, **r})
     return rows
+
+
+def gap_growth(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per metric and τ: how the gap to the smallest batch's best τ changes from the smallest batch to the
+    largest, paired by seed (the runs share each seed's initial weights and batch stream):
+    ``d_s = [m(τ*) − m(τ)]_{B max} − [m(τ*) − m(τ)]_{B min}``, its mean and 95 % t-interval."""
+    import pandas as pd
+
+    from tau_lab.analysis import compare_to_best, paired_interval
+
+    first, last = (pd.read_parquet(Path(runs[i]["run_dir"]) / "members.parquet") for i in (0, -1))
+    rows = []
+    for metric in METRICS:
+        best = compare_to_best(first, metric, ["tau_init"], lower_is_better=False).loc[0, "tau_init"]
+        gaps = []
+        for members in (first, last):
+            table = members[members["status"] == "ok"].pivot_table(index="seed", columns="tau_init", values=metric)
+            gaps.append(-table.sub(table[best], axis=0))  # m(τ*) − m(τ), per seed
+        for tau in sorted(set(first["tau_init"]) - {best}):
+            small, large = (g[tau] for g in gaps)
+            mean, low, high, n = paired_interval(large, small)
+            rows.append({"metric": metric, "best_tau": best, "tau_init": tau, "gap_small": small.mean()})
+            rows[-1] |= {"gap_large": large.mean(), "change": mean, "low": low, "high": high, "pairs": n}
+    return rows
+
+
+def latest_runs(out: Path) -> list[dict[str, Any]]:
+    """The newest run of each of the study's batches under ``out`` (``--analyse``)."""
+    import tomllib
+
+    runs = {}
+    for run_dir in sorted((out / STUDY).glob("*")):
+        batch = tomllib.loads((run_dir / "config.toml").read_text())["data"]["batch_size"]
+        processes = json.loads((run_dir / "env.json").read_text()).get("processes", 1)
+        runs[batch] = {"batch": batch, "processes": processes, "seconds": None, "run_dir": str(run_dir)}
+    return [runs[b] for b in sorted(runs)]
 
 
 def time_steps(batch: int, steps: int, repeats: int) -> None:
@@ -152,6 +190,7 @@ def main() -> None:
     parser.add_argument("--time", type=int, default=None, help=argparse.SUPPRESS)  # internal: time one batch
     parser.add_argument("--time-steps", type=int, default=20, help="steps per timing round")
     parser.add_argument("--repeats", type=int, default=3, help="timing rounds (the best is kept)")
+    parser.add_argument("--analyse", action="store_true", help="no training: analyse the newest runs in --out")
     parser.add_argument("--quick", action="store_true", help="10 training steps, 3 timed steps, 1 round: a smoke test")
     args = parser.parse_args()
     if args.time is not None:
@@ -159,25 +198,46 @@ def main() -> None:
         return
     if args.quick:
         args.steps, args.time_steps, args.repeats = 10, 3, 1
-    with tempfile.TemporaryDirectory() as tmp:
-        out = args.out or Path(tmp)
-        runs = run_study(out, args.steps)
-        comparisons = best_tau(runs)
-    timings = run_timings(args.time_steps, args.repeats)
-    print("\n| batch | processes | metric | τ | mean ± sd | best − this [95 % CI] | distinguishable |")
-    print("|---|---|---|---|---|---|---|")
+    if args.analyse:
+        if args.out is None:
+            parser.error("--analyse reads the runs in --out DIR")
+        runs, timings = latest_runs(args.out), []
+        comparisons, gaps = best_tau(runs), gap_growth(runs)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = run_study(args.out or Path(tmp), args.steps)
+            comparisons, gaps = best_tau(runs), gap_growth(runs)
+        timings = run_timings(args.time_steps, args.repeats)
+    print("\n| batch | processes | metric | τ | mean ± sd | best − this [95 % CI] | verdict | eff. neg. | FN mass |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in comparisons:
         diff = "best" if r["best"] else f"{r['delta']:+.3f} [{r['low']:+.3f}, {r['high']:+.3f}]"
         verdict = "" if r["best"] else ("yes" if r["distinguishable"] else "not distinguishable")
         mean = f"{r['mean']:.3f} ± {r['sd']:.3f}"
-        print(f"| {r['batch']} | {r['processes']} | {r['metric']} | {r['tau_init']} | {mean} | {diff} | {verdict} |")
+        hard = f"{r['effective_negatives']:.1f} | {r['false_negative_mass']:.2f}"
+        setting = f"{r['batch']} | {r['processes']} | {r['metric']} | {r['tau_init']}"
+        print(f"| {setting} | {mean} | {diff} | {verdict} | {hard} |")
+    first, last = runs[0]["batch"], runs[-1]["batch"]
+    print(f"\n| metric | τ* (best at {first}) | τ | gap at {first} | gap at {last} | change [95 % CI] | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for g in gaps:
+        covers = g["low"] <= 0 <= g["high"]
+        verdict = "not distinguishable" if covers else ("grows" if g["change"] > 0 else "shrinks")
+        change = f"{g['change']:+.3f} [{g['low']:+.3f}, {g['high']:+.3f}]"
+        print(
+            f"| {g['metric']} | {g['best_tau']} | {g['tau_init']} | {g['gap_small']:+.3f} | {g['gap_large']:+.3f} | "
+            f"{change} | {verdict} |"
+        )
     print("\n| global batch | processes | ms per step | of which collectives (ms) |\n|---|---|---|---|")
     for t in timings:
         print(f"| {t['batch']} | {t['processes']} | {t['step_ms']} | {t['collectives_ms']} |")
-    print("\n" + "\n".join(f"sweep at batch {r['batch']} on {r['processes']}: {r['seconds']:.0f} s" for r in runs))
+    for r in runs if timings else ():
+        print(f"sweep at batch {r['batch']} on {r['processes']} process(es): {r['seconds']:.0f} s")
     if args.json:
         clean = [{k: (None if v is None or v != v else v) for k, v in r.items()} for r in comparisons]
-        args.json.write_text(json.dumps({"runs": runs, "best_tau": clean, "timings": timings}, indent=2, default=str))
+        args.json.write_text(
+            json.dumps({"runs": runs, "best_tau": clean, "gaps": gaps, "timings": timings}, indent=2, default=str)
+        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ those rows, ``gather`` the embeddings of all processes (with gradients) and comp
 rows against all ``B`` columns (open_clip's ``local_loss``), so an anchor still sees ``B − 1`` negatives
 (``2B − 2`` for NT-Xent). ``average`` then averages the loss and every gradient over the processes, as
 ``DistributedDataParallel`` does. P processes with global batch B are thus one process with batch B, in
-P·b = B rows of work split P ways; only process 0 writes (``is_main``).
+the B rows of work split P ways; only process 0 evaluates and writes (``is_main``).
 
 Gradients. With ``L_r`` the loss of process r's rows (a mean over them), the full-batch loss is
 ``L = (1/P) Σ_r L_r``. ``gather``'s backward all-reduces the gradient reaching the gathered rows, so
