@@ -96,8 +96,27 @@ def _worker(rank: int, port: int, root: str, out: dict) -> None:
         experiment = POPULATIONS["clip"]()
         run_dir, _ = engine.run_sweep(experiment, "clip", root=Path(root) / f"rank{rank}")
         out[rank, "run_dir"] = run_dir
+        out[rank, "resumed"] = _interrupt_and_resume(Path(root) / "resume")
     finally:
         dist.destroy_process_group()
+
+
+def _stop_at_step_2(chunk, step: int, evaluation) -> None:
+    if step == 2:
+        raise KeyboardInterrupt
+
+
+def _interrupt_and_resume(root: Path) -> dict:
+    """A clip sweep stopped at step 2 (its checkpoint of step 2 on disk) and resumed by both processes."""
+    experiment = POPULATIONS["clip"]()
+    experiment.checkpoint_every = 2
+    try:
+        engine.run_sweep(experiment, "clip", root=root, on_eval=_stop_at_step_2)
+    except engine.Interrupted as stop:
+        run_dir = [stop.run_dir]
+    dist.broadcast_object_list(run_dir)  # the directory process 0 made, for the others to read
+    _, tables = engine.run_sweep(experiment, "clip", run_dir=run_dir[0], root=root)
+    return tables
 
 
 def _free_port() -> int:
@@ -168,6 +187,18 @@ def test_only_process_zero_writes_the_run(two_processes):
     assert run_dir.parent.parent == root / "rank0"
     assert {"members.parquet", "metrics.parquet", "config.toml", "env.json"} <= {p.name for p in run_dir.iterdir()}
     assert '"processes": 2' in (run_dir / "env.json").read_text()
+
+
+def test_a_sweep_stopped_under_torchrun_resumes_to_the_uninterrupted_run(two_processes, tmp_path):
+    experiment = POPULATIONS["clip"]()
+    torch.set_default_dtype(torch.float64)
+    try:
+        _, expected = engine.run_sweep(experiment, "clip", root=tmp_path)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    got = two_processes[0][0, "resumed"]
+    _same_metrics(got["metrics"], expected["metrics"])
+    assert got["members"]["status"].tolist() == expected["members"]["status"].tolist()
 
 
 @pytest.mark.parametrize("processes", [2, 4])
