@@ -374,9 +374,11 @@ def search_command(
     """Optuna over EXPERIMENT's search space: ask K trials, train them as one population, tell K results."""
     import pandas as pd
 
-    from tau_lab import search
+    from tau_lab import distributed, search
 
     with user_errors():
+        if distributed.torchrun_processes() > 1:  # each process would run the whole search
+            raise UserError("tau-lab search does not run under torchrun: use --workers, or one command per machine")
         spec = search.load(
             experiment,
             set_,

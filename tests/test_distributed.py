@@ -238,3 +238,10 @@ def test_a_bad_torchrun_launch_is_one_line_exit_2(env, args, message, tmp_path, 
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and message in result.output
     assert not any(tmp_path.iterdir())  # nothing written, no process group joined
+
+
+def test_search_under_torchrun_is_one_line_exit_2(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = CliRunner().invoke(app, ["search", "quadrants_search", "--trials", "1", "--results", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.count("\n") == 1 and "does not run under torchrun" in result.output
