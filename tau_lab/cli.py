@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shlex
 import tomllib
 from collections.abc import Iterator
@@ -54,7 +55,8 @@ def user_errors() -> Iterator[None]:
     except UserError as err:
         if _debug["on"]:
             raise
-        typer.echo(f"error: {results.redact(str(err))}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun bad input is the same on every process: one line
+            typer.echo(f"error: {results.redact(str(err))}", err=True)
         raise typer.Exit(2) from None
 
 
