@@ -279,6 +279,8 @@ def sweep_command(
             try:
                 run_dir, out = engine.run_sweep(spec, name, run_dir=run_dir, root=results_dir, progress=progress)
             except KeyboardInterrupt:
+                if not main:  # process 0 prints the command (under torchrun: the same torchrun, with --resume)
+                    raise typer.Exit(INTERRUPTED) from None
                 raise _interrupted(shlex.join(["tau-lab", "sweep", "--resume", str(run_dir)])) from None
     if not main:
         return
