@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import shlex
 import signal
 import threading
@@ -55,7 +56,8 @@ def user_errors() -> Iterator[None]:
     except UserError as err:
         if _debug["on"]:
             raise
-        typer.echo(f"error: {results.redact(str(err))}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun bad input is the same on every process: one line
+            typer.echo(f"error: {results.redact(str(err))}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -299,7 +301,9 @@ def sweep_command(
 ) -> None:
     """Train every member of EXPERIMENT's grid (τ × mode × seeds) as one population.
 
-    Each run gets results/<experiment>/<run-id>/; Ctrl-C or SIGTERM prints the command that resumes it.
+    Each run gets results/<experiment>/<run-id>/; Ctrl-C or SIGTERM prints the command that resumes it. Under
+    `torchrun --nproc-per-node P -m tau_lab sweep ...` the clip, simclr and module tasks split each
+    (global) batch over the P processes and gather their negatives; process 0 writes the run.
     """
     import torch
 
@@ -338,7 +342,10 @@ def sweep_command(
                 return
             run_dir, out = scaled
         else:
-            run_dir, out = _sweep(spec, resume, results_dir, progress, tensorboard)
+            swept = _sweep(spec, resume, results_dir, progress, tensorboard)
+            if swept is None:  # under torchrun, a process other than 0: process 0 writes and prints
+                return
+            run_dir, out = swept
     members = out["members"]
     if not quiet:
         print_frame(members[summary_columns(spec.task, members)], title=f"{name}: final metrics")
@@ -352,27 +359,35 @@ def sweep_command(
 
 def _sweep(
     spec: config.Experiment, resume: Path | None, results_dir: Path, progress: bool, tensorboard: Path | None
-) -> tuple[Path, dict[str, pd.DataFrame]]:
+) -> tuple[Path, dict[str, pd.DataFrame]] | None:
     """A sweep on this machine: a new run directory (or ``--resume``'s), trained to the end; with
-    ``tensorboard``, every member's metrics are written there too as they are logged."""
-    from tau_lab import config, engine
+    ``tensorboard``, every member's metrics are written there too as they are logged. Under torchrun only
+    process 0 writes and returns the tables; the others return ``None``."""
+    from tau_lab import config, distributed, engine
 
-    run_dir = resume
-    if run_dir is None:  # created whole, config and environment in it, so that --resume accepts it at once
-        files = results.run_files(config.dumps(spec), engine.resolve_device(spec.device))
-        run_dir = results.new_run_dir(spec.name, results_dir, files)
-    sink = None
-    if tensorboard is not None:
-        from tau_lab import monitor
+    device = engine.resolve_device(spec.device)
+    with distributed.init_from_env(spec, device):
+        main = distributed.is_main()  # under torchrun only process 0 writes and prints
+        run_dir = resume
+        if run_dir is None and main:  # created whole, config and environment in it: --resume accepts it at once
+            run_dir = results.new_run_dir(spec.name, results_dir, results.run_files(config.dumps(spec), device))
+        sink = None
+        if tensorboard is not None and main:
+            from tau_lab import monitor
 
-        sink = monitor.TensorBoardSink(monitor.logdir(tensorboard, run_dir), config.members(spec))
-    try:
-        return engine.run_sweep(spec, spec.name, run_dir=run_dir, root=results_dir, progress=progress, sink=sink)
-    except KeyboardInterrupt as stop:
-        resume_args = ["tau-lab", "sweep", "--resume", str(run_dir)]
-        if tensorboard is not None:
-            resume_args += ["--tensorboard", str(tensorboard)]
-        raise _interrupted(shlex.join(resume_args), stop) from None
+            sink = monitor.TensorBoardSink(monitor.logdir(tensorboard, run_dir), config.members(spec))
+        try:
+            run_dir, out = engine.run_sweep(
+                spec, spec.name, run_dir=run_dir, root=results_dir, progress=progress, sink=sink
+            )
+        except KeyboardInterrupt as stop:
+            if not main:  # process 0 prints the command (under torchrun: the same torchrun, with --resume)
+                raise typer.Exit(128 + getattr(stop, "signum", signal.SIGINT)) from None
+            resume_args = ["tau-lab", "sweep", "--resume", str(run_dir)]
+            if tensorboard is not None:
+                resume_args += ["--tensorboard", str(tensorboard)]
+            raise _interrupted(shlex.join(resume_args), stop) from None
+    return (run_dir, out) if main else None
 
 
 def _scale_out(
@@ -491,9 +506,11 @@ def search_command(
     """Optuna over EXPERIMENT's search space: ask K trials, train them as one population, tell K results."""
     import pandas as pd
 
-    from tau_lab import search
+    from tau_lab import distributed, search
 
     with user_errors(), _stop_on_sigterm():
+        if distributed.torchrun_processes() > 1:  # each process would run the whole search
+            raise UserError("tau-lab search does not run under torchrun: use --workers, or one command per machine")
         spec = search.load(
             experiment,
             set_,

@@ -41,7 +41,7 @@ import torch.utils._pytree as pytree
 from torch import Tensor
 from torch._higher_order_ops.scan import scan
 
-from tau_lab import config, metrics, results
+from tau_lab import config, distributed, metrics, results
 from tau_lab.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -455,7 +455,8 @@ def _log(
     }
     if out.sims is not None:
         k = len(tau)
-        values["effective_negatives"] = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)
+        mean = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)  # of this process's rows
+        values["effective_negatives"] = distributed.mean(mean)
     values |= {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()}
     state.log.record(step, values | task.diagnostics(task.params, tau, step))
     state.window_loss.zero_()
@@ -465,6 +466,8 @@ def _log(
 
 def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable | None) -> None:
     """Evaluate every member, keep the embeddings, and freeze the members a search's pruner stops."""
+    if on_eval is None and not distributed.is_main():
+        return  # under torchrun process 0 evaluates and writes; a pruner needs the evaluation on every process
     with torch.no_grad():
         evaluation = task.evaluate(task.params)
         state.log.record(step, evaluation)
@@ -537,7 +540,8 @@ def train_population(
     params = {**task.params, "logit_scale": temperature.logit_scale.data}
     trains_tau = bool(temperature.learnable.any())  # else logit_scale is left out: fewer ops per step
     optimizer = build_optimizer(experiment.optimizer, params if trains_tau else task.params, rows)
-    parts = None if checkpoint is None else checkpoint.parent.parent / "metrics"
+    writes = distributed.is_main()  # under torchrun, process 0 writes; the others read a checkpoint to resume
+    parts = None if checkpoint is None or not writes else checkpoint.parent.parent / "metrics"
     log = MetricLog([r["member"] for r in rows], parts, None if checkpoint is None else checkpoint.stem, sink)
     state = PopulationState.start(params, optimizer, log, temperature(0).detach())
     identity = fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
@@ -545,7 +549,8 @@ def train_population(
     training = Training(task, temperature, optimizer, trains_tau, experiment.precision == "bf16")
     step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
     block = _block_function(training, experiment.compile, step_fn, device)
-    bar = Progress(steps, min(state.step, steps), label, progress)
+    bar = Progress(steps, min(state.step, steps), label, progress and writes)
+    saves = checkpoint if writes else None
 
     with _interrupt_after_step() as interrupted, contextlib.closing(bar):
         step = state.step
@@ -580,13 +585,13 @@ def train_population(
             bar.update(step)
             # checkpoint; after Ctrl-C or SIGTERM (read between blocks), one more and stop: a resume starts here
             if interrupted[0] or (experiment.checkpoint_every and step % experiment.checkpoint_every == 0):
-                _save(checkpoint, state, identity)
+                _save(saves, state, identity)
             if interrupted[0]:
                 raise Stopped(interrupted[0])
 
     if state.step <= steps:  # not resumed from a finished checkpoint
         state.step = steps + 1
-        _save(checkpoint, state, identity)
+        _save(saves, state, identity)
     return state.output()
 
 
@@ -652,7 +657,7 @@ def run_sweep(
     rows: list[dict[str, Any]] | None = None,
     on_eval: Callable[[list[dict[str, Any]], int, dict[str, Tensor]], Tensor | None] | None = None,
     sink: MetricSink | None = None,
-) -> tuple[Path, dict[str, pd.DataFrame]]:
+) -> tuple[Path | None, dict[str, pd.DataFrame]]:
     """Train every member of ``experiment`` and write its run directory.
 
     Ctrl-C or SIGTERM checkpoints the step it stopped at and raises ``Interrupted`` with the run directory
@@ -661,21 +666,26 @@ def run_sweep(
     match ``experiment`` but for ``RESUMABLE_CHANGES``. ``rows`` trains these members instead of the grid (a
     search's trials). ``on_eval(chunk, step, evaluation)`` is ``train_population``'s pruning hook, given the
     rows of the population it evaluated. ``sink`` gets every metric record; it is closed after each population.
+
+    Under torchrun (``tau_lab.distributed``) only process 0 creates and writes the run directory; another
+    process given no ``run_dir`` trains without one (and returns ``None`` for it), given one (a resume) it
+    reads the checkpoints there.
     """
     device = resolve_device(experiment.device)
     rows = config.members(experiment) if rows is None else rows
-    if run_dir is None:
+    writes = distributed.is_main()
+    if run_dir is None and writes:
         run_dir = results.new_run_dir(name, root, results.run_files(config.dumps(experiment), device))
-    else:
+    elif run_dir is not None:
         path = run_dir / "config.toml"
         recorded = config.validate(tomllib.loads(path.read_text()), str(path))
         check_same_config(path, fingerprint(recorded), fingerprint(experiment))
-    if not (run_dir / "members.parquet").is_file():  # the grid while it trains: plot and report read it
+    if writes and not (run_dir / "members.parquet").is_file():  # the grid while it trains: plot and report read it
         results.write_table(pd.DataFrame(rows).assign(status="running"), run_dir / "members")
     outputs = []
     populations = chunks(experiment, rows)
     for i, chunk in enumerate(populations):
-        checkpoint = run_dir / "checkpoints" / f"chunk-{i}.pt"
+        checkpoint = None if run_dir is None else run_dir / "checkpoints" / f"chunk-{i}.pt"
         hook = None if on_eval is None else functools.partial(on_eval, chunk)
         label = f"chunk {i + 1}/{len(populations)}"
         try:
@@ -686,6 +696,6 @@ def run_sweep(
             if sink is not None:
                 sink.close()
     out = tables(rows, outputs)
-    for table_name, df in out.items():
+    for table_name, df in out.items() if writes else ():
         results.write_table(df, run_dir / table_name, csv=table_name == "members")
     return run_dir, out

@@ -193,6 +193,85 @@ def clip_loss(image: Tensor, text: Tensor, tau: float | Tensor) -> Tensor:
         return (image_to_text + text_to_image) / 2
 
 
+def rows_columns(columns: Tensor, rows: slice) -> Tensor:
+    """The rows of ``positive_first(n, views, ...)`` of a process holding the global rows ``rows``: ``[b, ·]``
+    (``views=False``), or ``[2b, ·]`` for the two views' halves (``views=True``: rows of view 1, then view 2)."""
+    n = len(columns)
+    if columns.shape[1] == n:
+        return columns[rows]
+    return torch.cat([columns[: n // 2][rows], columns[n // 2 :][rows]])
+
+
+def clip_loss_rows(
+    image: Tensor,
+    text: Tensor,
+    image_all: Tensor,
+    text_all: Tensor,
+    tau: Tensor,
+    offset: int = 0,
+    exclude: Tensor | None = None,
+) -> Tensor:
+    """CLIP's symmetric loss of some rows of a batch against all of it (open_clip's ``local_loss``): ``[K]``.
+
+    With ``ℓ_ij = û_i·v̂_j / τ`` over the global batch, rows ``i = offset … offset + b − 1`` and ``E`` the
+    excluded pairs (never the diagonal),
+
+        L_rows = ½ mean_i (−ℓ_ii + log Σ_{j ∉ E_i·} exp ℓ_ij) + ½ mean_i (−ℓ_ii + log Σ_{j ∉ E_·i} exp ℓ_ji),
+
+    whose mean over equal shards of rows is ``clip_loss`` of the whole batch (``clip_loss_rows(u, v, u, v, τ)``
+    is the full batch). The excluded logits are set to −∞ *after* the division by τ: masking the similarities
+    before it would give ``∂(−∞/τ)/∂τ`` times a zero weight, ``0 · ∞`` = NaN.
+
+    Args:
+        image, text: ``[K, b, D]``, the rows, paired row by row.
+        image_all, text_all: ``[K, B, D]``, the whole batch (rows ``offset …`` are ``image`` and ``text``).
+        tau: ``[K]``.
+        offset: the global index of the first row.
+        exclude: ``[K, B, B]`` bool or ``None``; ``exclude[k, i, j]``: caption j is no negative of image i (nor
+            image i of caption j); the diagonal must be ``False``.
+    """
+    check_members("tau", tau, image, "image", member_ndim=3)
+    with _no_autocast(image):
+        dtype = compute_dtype(image, text, tau)
+        u, v = F.normalize(image.to(dtype), dim=-1), F.normalize(text.to(dtype), dim=-1)
+        u_all, v_all = F.normalize(image_all.to(dtype), dim=-1), F.normalize(text_all.to(dtype), dim=-1)
+        scale = _broadcast(tau, u, "tau")
+        image_to_text, text_to_image = u @ v_all.transpose(1, 2) / scale, v @ u_all.transpose(1, 2) / scale
+        if exclude is not None:
+            rows = slice(offset, offset + u.shape[1])
+            image_to_text = image_to_text.masked_fill(exclude[:, rows], float("-inf"))
+            text_to_image = text_to_image.masked_fill(exclude.transpose(1, 2)[:, rows], float("-inf"))
+        losses = [
+            -F.log_softmax(logits, dim=2).diagonal(offset, dim1=1, dim2=2).mean(-1)
+            for logits in (image_to_text, text_to_image)
+        ]
+        return (losses[0] + losses[1]) / 2
+
+
+def nt_xent_rows(z1: Tensor, z2: Tensor, z1_all: Tensor, z2_all: Tensor, tau: Tensor, offset: int = 0) -> Tensor:
+    """NT-Xent of some rows' two views against all 2B views of the batch (``local_loss`` for SimCLR): ``[K]``.
+
+    Each of the 2b anchors (``z1`` rows, then ``z2`` rows, global indices ``offset …``) against the other
+    2B − 1 views, its twin first (``positive_first`` rows of the anchors); the mean over equal shards of rows
+    is ``nt_xent`` of the whole batch.
+
+    Args:
+        z1, z2: ``[K, b, D]``, the rows' two views.
+        z1_all, z2_all: ``[K, B, D]``, the whole batch's.
+        tau: ``[K]``.
+        offset: the global index of the first row.
+    """
+    check_members("tau", tau, z1, "z1", member_ndim=3)
+    with _no_autocast(z1):
+        dtype = compute_dtype(z1, z2, tau)
+        anchors = F.normalize(torch.cat([z1, z2], dim=1).to(dtype), dim=-1)  # [K, 2b, D]
+        keys = F.normalize(torch.cat([z1_all, z2_all], dim=1).to(dtype), dim=-1)  # [K, 2B, D]
+        all_columns = positive_first(keys.shape[1], views=True, device=keys.device)
+        columns = rows_columns(all_columns, slice(offset, offset + z1.shape[1]))  # [2b, 2B − 1], twin first
+        sims = (anchors @ keys.transpose(1, 2)).gather(2, columns.expand(len(anchors), -1, -1))
+        return scaled_cross_entropy(sims, 0, tau).mean(-1)
+
+
 def siglip_loss(image: Tensor, text: Tensor, tau: float | Tensor, bias: float | Tensor) -> Tensor:
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023), as open_clip's ``SigLipLoss`` computes it.
 

@@ -174,6 +174,7 @@ def environment(device: torch.device) -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_threads": torch.get_num_threads(),
         "device": str(device),
+        "processes": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1,  # torchrun
         "cuda_device": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "git_commit": _git_commit(),
         "command": [redact(arg) for arg in sys.argv],

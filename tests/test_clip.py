@@ -14,7 +14,7 @@ from tau_lab import config, engine, losses, metrics
 from tau_lab.data.captions import SYNONYMS
 from tau_lab.data.digits import load_digits
 from tau_lab.tasks import contrastive
-from tau_lab.tasks.clip import CLIP, MiniCLIP, clip_loss_excluding, encode_image, encode_text, train_reference
+from tau_lab.tasks.clip import CLIP, MiniCLIP, encode_image, encode_text, train_reference
 
 CPU = torch.device("cpu")
 SMALL = ["steps=20", "sweep.seeds=[0]", "data.batch_size=32", "model.hidden=32", "model.width=16", "model.embed_dim=8"]
@@ -194,13 +194,13 @@ def _dropped_columns_loss(u: torch.Tensor, v: torch.Tensor, tau: torch.Tensor, e
     return (torch.stack(rows).mean() + torch.stack(cols).mean()) / 2
 
 
-def test_clip_loss_excluding_drops_the_excluded_pairs_with_a_finite_tau_gradient():
+def test_clip_loss_rows_with_exclusions_drops_the_excluded_pairs_with_a_finite_tau_gradient():
     g = torch.Generator().manual_seed(0)
     u, v = torch.randn(2, 2, 5, 4, generator=g, dtype=torch.float64)
     exclude = torch.zeros(2, 5, 5, dtype=torch.bool)
     exclude[1, 0, 3] = exclude[1, 3, 0] = exclude[1, 2, 4] = exclude[1, 4, 1] = True
     tau = torch.tensor([0.07, 0.07], dtype=torch.float64, requires_grad=True)
-    got = clip_loss_excluding(u, v, tau, exclude)
+    got = losses.clip_loss_rows(u, v, u, v, tau, 0, exclude)  # the whole batch's rows
     torch.testing.assert_close(got[0], losses.clip_loss(u[0], v[0], tau[0]), rtol=1e-13, atol=1e-13)  # none excluded
     t = tau[1].detach().requires_grad_()
     expected = _dropped_columns_loss(u[1], v[1], t, exclude[1])

@@ -36,7 +36,11 @@ def with_batchnorm(dim: int = 4) -> nn.Module:
     return nn.Sequential(nn.Linear(6, dim), nn.BatchNorm1d(dim))
 
 
+CALLS = {"pairs": 0}
+
+
 def pairs(n: int = 60) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    CALLS["pairs"] += 1
     g = torch.Generator().manual_seed(3)
     labels = torch.arange(n) % 3
     centres = torch.randn(3, 6, generator=g)
@@ -84,10 +88,13 @@ def test_member_reproduces_standalone_training_float64(loss):  # siglip: logit_b
         assert_population_matches_reference(exp, train_reference, rtol=1e-9, atol=1e-12)
 
 
-def test_a_sweep_writes_the_contrastive_tables(tmp_path):
-    exp = _experiment()
+def test_a_sweep_writes_the_contrastive_tables_and_loads_its_data_once(tmp_path):
+    exp = _experiment(memory_budget_mb=0.06)  # two members per chunk: every chunk's task reads the data
     exp.name = "module"
+    before = CALLS["pairs"]
     _, out = engine.run_sweep(exp, "module", root=tmp_path)
+    assert len(engine.chunks(exp, config.members(exp))) > 1
+    assert CALLS["pairs"] == before + 1  # the memory estimate and every chunk share one call of the factory
     members = out["members"]
     assert len(members) == 2 * 2 * 2 + 2  # (τ × fixed/learnable + cosine once) × seeds
     assert (members.status == "ok").all()

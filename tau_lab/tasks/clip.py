@@ -22,7 +22,7 @@ Captions of the same digit are interchangeable, so in a batch of B pairs every o
 image's digit is a *false negative*; ``false_negative_rate`` reports their share of the negatives and
 ``false_negative_mass`` the softmax weight an image puts on them (both at logging steps). The sweep axis
 ``mask_false_negatives`` tests whether they matter: a member with ``true`` leaves them out of the loss
-(``clip_loss_excluding``), each image's same-digit captions and each caption's same-digit images.
+(``losses.clip_loss_rows``), each image's same-digit captions and each caption's same-digit images.
 
 Evaluation on the held-out split, each test image with one noise-free caption:
 
@@ -46,8 +46,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from tau_lab import losses, metrics
+from tau_lab import distributed, losses, metrics
 from tau_lab.data import captions
+from tau_lab.errors import UserError
 from tau_lab.tasks import contrastive, reference
 from tau_lab.tasks.base import Schema, StepResult, autograd_step
 from tau_lab.tasks.mlp import init_population, linear, mlp, mlp_module, seeded
@@ -113,29 +114,6 @@ def encode_text(params: dict[str, Tensor], bags: Tensor) -> Tensor:
     return linear(torch.bmm(bags, params["text.weight"]), params["text_projection.weight"])
 
 
-def clip_loss_excluding(image: Tensor, text: Tensor, tau: Tensor, exclude: Tensor) -> Tensor:
-    """CLIP's symmetric loss with some negatives left out of the softmax: ``[K]``.
-
-    With ``ℓ_ij = û_i·v̂_j / τ``, and ``E`` the excluded pairs (never the diagonal),
-
-        L = ½ mean_i (−ℓ_ii + log Σ_{j ∉ E_i·} exp ℓ_ij) + ½ mean_j (−ℓ_jj + log Σ_{i ∉ E_·j} exp ℓ_ij),
-
-    ``losses.clip_loss`` when ``E`` is empty. The excluded logits are set to −∞ *after* the division by τ:
-    masking the similarities before it would give ``∂(−∞/τ)/∂τ`` times a zero weight, ``0 · ∞`` = NaN.
-
-    Args:
-        image, text: ``[K, B, D]``, paired row by row.
-        tau: ``[K]``.
-        exclude: ``[K, B, B]`` bool, ``exclude[k, i, j]``: caption j is no negative of image i (nor image i
-            of caption j); the diagonal must be ``False``.
-    """
-    u, v = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    logits = (u @ v.transpose(1, 2) / tau[:, None, None]).masked_fill(exclude, float("-inf"))
-    image_to_text = -F.log_softmax(logits, dim=2).diagonal(dim1=1, dim2=2).mean(-1)
-    text_to_image = -F.log_softmax(logits, dim=1).diagonal(dim1=1, dim2=2).mean(-1)
-    return (image_to_text + text_to_image) / 2
-
-
 def siglip_loss_excluding(image: Tensor, text: Tensor, tau: Tensor, bias: Tensor, exclude: Tensor) -> Tensor:
     """SigLIP's pairwise sigmoid loss with some pairs left out of the sum: ``[K]``.
 
@@ -182,6 +160,10 @@ class CLIP(contrastive.ContrastiveTask):
         self.mask = torch.tensor([m["mask_false_negatives"] for m in members], device=device)  # [K]
         self.losses = [m["objective"] for m in members]
         self.siglip = torch.tensor([loss == "siglip" for loss in self.losses], device=device)  # [K]
+        if "siglip" in self.losses and distributed.torchrun_processes() > 1:
+            raise UserError(
+                "sweep.objective = 'siglip' does not gather its negatives over processes yet: run it without torchrun"
+            )
         g = torch.Generator(device).manual_seed(self.data.split_seed)
         test = captions.draw_captions(len(self.test_y), g)
         self.test_bags = self.bags[test.template, self.test_y, test.synonym]  # [N_test, V]
@@ -190,6 +172,7 @@ class CLIP(contrastive.ContrastiveTask):
             for name, ensemble in (("single", False), ("ensemble", True))
         }
         self.columns = losses.positive_first(self.batch_size, views=False, device=device)
+        self.split_rows()
 
     def _captions(self, noise: Tensor) -> tuple[Tensor, Tensor]:
         """Every member's training captions: the digit each names ``[K, N]`` and its bag ``[K, N, V]``.
@@ -216,10 +199,14 @@ class CLIP(contrastive.ContrastiveTask):
 
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: Batch) -> StepResult:
         """Each member's loss (CLIP or SigLIP) and its gradients by autograd; the image→text similarities with
-        each image's own caption first, ``[K, B, B]``, for the hardness metrics.
+        each image's own caption first, ``[K, b, B]``, for the hardness metrics.
 
+        This process's ``b`` rows are embedded, the embeddings of the whole batch gathered
+        (``distributed.gather``; the rows themselves in one process), and the CLIP loss is that of the rows
+        against the whole batch (``losses.clip_loss_rows``), averaged over processes (``distributed.average``).
+        SigLIP runs in one process only (refused under torchrun), where the rows are the batch.
         Members with ``mask_false_negatives`` leave the batch's same-digit pairs out of the loss
-        (``clip_loss_excluding``, ``siglip_loss_excluding``); for the others nothing is excluded.
+        (``clip_loss_rows``'s ``exclude``, ``siglip_loss_excluding``); for the others nothing is excluded.
 
         A population that mixes the losses computes both for every member and keeps each member's own with
         ``torch.where``, rather than splitting the members by index: the extra work is the B × B elementwise
@@ -230,19 +217,21 @@ class CLIP(contrastive.ContrastiveTask):
         """
         eye = torch.eye(len(batch.same[0]), dtype=torch.bool, device=self.device)
         exclude = batch.same & ~eye & self.mask[:, None, None]
+        images, bags = batch.images[:, self.rows], batch.bags[:, self.rows]
         uses = set(self.losses)
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
-            u, v = encode_image(p, batch.images), encode_text(p, batch.bags)
-            sims = self.similarities(u, v)
-            if uses == {"clip"}:
-                return clip_loss_excluding(u, v, t, exclude), sims
-            siglip = siglip_loss_excluding(u, v, t, p["logit_bias"], exclude)
+            u, v = encode_image(p, images), encode_text(p, bags)  # [K, b, D]
+            u_all, v_all = distributed.gather(u, 1), distributed.gather(v, 1)  # [K, B, D]
+            sims = self.similarities(u, v_all, self.local_columns)
             if uses == {"siglip"}:
-                return siglip, sims
-            return torch.where(self.siglip, siglip, clip_loss_excluding(u, v, t, exclude)), sims
+                return siglip_loss_excluding(u, v, t, p["logit_bias"], exclude), sims
+            clip = losses.clip_loss_rows(u, v, u_all, v_all, t, self.rows.start, exclude)
+            if uses == {"clip"}:
+                return clip, sims
+            return torch.where(self.siglip, siglip_loss_excluding(u, v, t, p["logit_bias"], exclude), clip), sims
 
-        return autograd_step(loss_fn, params, tau)
+        return distributed.average(autograd_step(loss_fn, params, tau))
 
     def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
         """At ``params`` on the batch of ``step``, each ``[K]``:

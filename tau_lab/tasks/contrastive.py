@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import Tensor, nn
 
-from tau_lab import metrics
+from tau_lab import distributed, losses, metrics
 from tau_lab.data.digits import load_digits
 from tau_lab.tasks.base import Schema, TaskBase, member_seeds, warn
 from tau_lab.tasks.base import Sweep as BaseSweep
@@ -125,12 +125,20 @@ class ContrastiveTask(TaskBase):
     """The base of the contrastive tasks.
 
     ``batch_size`` is the population's (``population_batch_size``); subclasses set ``n_train`` (and, for
-    ``similarities``, ``columns``: ``losses.positive_first`` of their batch) before they draw.
+    ``similarities``, ``columns``: ``losses.positive_first`` of their batch, then ``split_rows()``) before they
+    draw.
+
+    Under torchrun (``tau_lab.distributed``) ``batch_size`` is the global batch: every process draws all of it
+    and its ``step`` embeds the process's ``rows``, gathers the other processes' embeddings and computes the
+    loss of its rows against the whole batch; ``evaluate`` and ``diagnostics`` read the whole batch on every
+    process (the same numbers everywhere).
     """
 
     n_train: int
     batch_size: int
     columns: Tensor  # [N, N] or [N, N - 1]: the rows of a similarity matrix reordered positive first
+    rows: slice  # this process's rows of the global batch (all of it in one process)
+    local_columns: Tensor  # the rows of ``columns`` of this process's anchors
 
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
         self.data, self.device = experiment.data, device
@@ -154,15 +162,24 @@ class ContrastiveTask(TaskBase):
         """Every member's training indices at ``step``, ``[K, B]``: drawn once per seed, shared by its members."""
         return torch.stack([self.draw(s, step) for s in self.seeds])[self.seed_row]
 
-    def positive_first(self, sims: Tensor) -> Tensor:
-        """``[K, N, N]`` similarities → each row ``[s_positive, s_negatives…]`` (``columns``)."""
-        return sims.gather(2, self.columns.expand(len(sims), -1, -1))
+    def split_rows(self) -> None:
+        """This process's ``rows`` of the global batch (``distributed.local_rows``: one line when the batch
+        does not split) and their ``local_columns``."""
+        self.rows = distributed.local_rows(self.batch_size)
+        self.local_columns = losses.rows_columns(self.columns, self.rows)
 
-    def similarities(self, u: Tensor, v: Tensor) -> Tensor:
-        """Cosine similarities of ``u`` to ``v`` (``[K, B, D]``, row i of v is u_i's positive), positive first,
-        ``[K, B, B]``, out of the graph: what the hardness metrics read."""
+    def positive_first(self, sims: Tensor, columns: Tensor | None = None) -> Tensor:
+        """``[K, n, N]`` similarities → each row ``[s_positive, s_negatives…]`` (``columns``, by default those
+        of the whole batch, ``n = N``)."""
+        columns = self.columns if columns is None else columns
+        return sims.gather(2, columns.expand(len(sims), -1, -1))
+
+    def similarities(self, u: Tensor, v: Tensor, columns: Tensor | None = None) -> Tensor:
+        """Cosine similarities of ``u [K, n, D]`` to ``v [K, B, D]`` (u_i's positive is v's row of its global
+        index), positive first (``columns``: of the whole batch, or ``local_columns`` for this process's rows),
+        ``[K, n, B]``, out of the graph: what the hardness metrics read."""
         un, vn = F.normalize(u.detach(), dim=-1), F.normalize(v.detach(), dim=-1)
-        return self.positive_first(un @ vn.transpose(1, 2))
+        return self.positive_first(un @ vn.transpose(1, 2), columns)
 
     def members(self, x: Tensor) -> Tensor:
         """Shared inputs ``[N, F]`` as a batch for every member, ``[K, N, F]`` (no copy)."""

@@ -31,6 +31,7 @@ import functools
 import importlib
 import importlib.util
 import inspect
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -40,11 +41,11 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from tau_lab import losses, metrics
+from tau_lab import distributed, losses, metrics
 from tau_lab.data.pairs import split
 from tau_lab.errors import UserError
 from tau_lab.optim import BIAS
@@ -107,6 +108,9 @@ class Data(Schema):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="held-out share of the pairs (of every class)")
     split_seed: int = 0
     batch_size: int = Field(64, ge=2, description="pairs per step")
+    # the factory's tensors, kept by ``load_data`` with the factory and kwargs they came from: the engine's
+    # memory estimate (``member_bytes``) and every chunk's task read one call of the factory
+    _loaded: tuple[str, tuple[Tensor, Tensor, Tensor | None]] | None = PrivateAttr(None)
 
 
 class Model(Schema):
@@ -117,7 +121,15 @@ class Model(Schema):
 
 
 def load_data(data: Data) -> tuple[Tensor, Tensor, Tensor | None]:
-    """The factory's pairs as tensors ``a [n, ...]``, ``b [n, ...]``, ``labels [n]`` or ``None``."""
+    """The factory's pairs as tensors ``a [n, ...]``, ``b [n, ...]``, ``labels [n]`` or ``None``; the factory
+    is called once per ``data`` (and factory and kwargs), its tensors kept on it for the next call."""
+    key = json.dumps([data.factory, data.kwargs], sort_keys=True, default=repr)
+    if data._loaded is None or data._loaded[0] != key:
+        data._loaded = key, _call_data(data)
+    return data._loaded[1]
+
+
+def _call_data(data: Data) -> tuple[Tensor, Tensor, Tensor | None]:
     out = call(data.factory, data.kwargs, "data.factory")
     if isinstance(out, torch.utils.data.Dataset):
         items = [out[i] for i in range(len(out))]  # type: ignore[arg-type]
@@ -185,8 +197,13 @@ class ModuleTask(contrastive.ContrastiveTask):
         modules = [build(s).to(device, dtype) for s in self.seeds]
         stacked = stack_modules(modules, {name: name for name, _ in modules[0].named_parameters()})
         self.params = {name: p[self.seed_row].contiguous() for name, p in stacked.items()}
+        if self.loss == "siglip" and distributed.torchrun_processes() > 1:
+            raise UserError(
+                "model.loss = 'siglip' does not gather its negatives over processes yet: run it without torchrun"
+            )
         self.module = copy.deepcopy(modules[0]).to("meta")  # the definition; weights come from params
         self.columns = losses.positive_first(self.batch_size, views=False, device=device)
+        self.split_rows()
 
     def _forward(self, params: dict[str, Tensor], a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
         """Every member's ``(u, v)``, ``[K, B, D]`` each, in one vmapped call (the module's parameters only)."""
@@ -199,20 +216,30 @@ class ModuleTask(contrastive.ContrastiveTask):
         return self.train_a[idx], self.train_b[idx]
 
     def step(self, params: dict[str, Tensor], tau: Tensor, batch: tuple[Tensor, Tensor]) -> StepResult:
-        """The loss and its gradients by autograd; the u→v similarities with each partner first, ``[K, B, B]``."""
+        """The loss and its gradients by autograd; the u→v similarities with each partner first, ``[K, b, B]``.
+
+        This process's ``b`` pairs are embedded and the whole batch's embeddings gathered
+        (``distributed.gather``; in one process the rows are the batch): the loss is that of the rows against
+        the whole batch (``clip_loss_rows``, ``nt_xent_rows``, or ``info_nce`` of u against every v with the
+        partner's global index as target), averaged over processes (``distributed.average``).
+        """
+        a, b = (x[:, self.rows] for x in batch)
+        offset = self.rows.start
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
-            u, v = self._forward(p, *batch)
-            sims = self.similarities(u, v)
+            u, v = self._forward(p, a, b)  # [K, b, D]
+            u_all, v_all = distributed.gather(u, 1), distributed.gather(v, 1)  # [K, B, D]
+            sims = self.similarities(u, v_all, self.local_columns)
             if self.loss == "clip":
-                return losses.clip_loss(u, v, t), sims
+                return losses.clip_loss_rows(u, v, u_all, v_all, t, offset), sims
             if self.loss == "nt_xent":
-                return losses.nt_xent(u, v, t), sims
-            if self.loss == "siglip":
+                return losses.nt_xent_rows(u, v, u_all, v_all, t, offset), sims
+            if self.loss == "siglip":  # one process (refused under torchrun): the rows are the batch
                 return losses.siglip_loss(u, v, t, p[BIAS]), sims
-            return losses.info_nce(u, v, t, target=torch.arange(u.shape[1], device=u.device)), sims
+            target = torch.arange(offset, offset + u.shape[1], device=u.device)
+            return losses.info_nce(u, v_all, t, target=target), sims
 
-        return autograd_step(loss_fn, params, tau)
+        return distributed.average(autograd_step(loss_fn, params, tau))
 
     def diagnostics(self, params: dict[str, Tensor], tau: Tensor, step: int) -> dict[str, Tensor]:
         """SigLIP's bias ``logit_bias`` ``[K]`` at logging steps (nothing for the other losses)."""

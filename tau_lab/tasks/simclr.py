@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from tau_lab import losses, metrics
+from tau_lab import distributed, losses, metrics
 from tau_lab.data.augment import Augment, augment
 from tau_lab.tasks import contrastive, reference
 from tau_lab.tasks.base import Schema, StepResult, autograd_step
@@ -87,6 +87,7 @@ class SimCLR(contrastive.ContrastiveTask):
         g = torch.Generator(device).manual_seed(self.data.split_seed)
         self.test_views = augment(self.test_x.expand(2, -1, -1), g, self.data.augment)  # [2, N_test, 64]
         self.columns = losses.positive_first(2 * self.batch_size, views=True, device=device)
+        self.split_rows()
 
     def views(self, seed: int, step: int) -> Tensor:
         """Seed ``seed``'s two views of its batch at ``step``: ``[2, B, 64]`` (the augmentations continue the
@@ -107,16 +108,22 @@ class SimCLR(contrastive.ContrastiveTask):
         views of ``−log softmax(s/τ)₀``: ``losses.nt_xent`` exactly, written on the reordered rows because
         they are also the hardness similarities of ``StepResult`` and because leaving self out, rather than
         masking it with −∞, keeps ``∂L/∂τ`` finite (``−∞/τ`` has the derivative ``0 · ∞``).
+
+        Under torchrun the anchors are this process's ``b`` images' two views, ``[K, 2b, 2B − 1]``, against
+        the gathered views of the whole batch (``distributed.gather``), and the loss and gradients are
+        averaged over processes (``losses.nt_xent_rows``'s form); in one process the rows are the batch.
         """
         k, _, b, _ = views.shape
-        x = views.reshape(k, 2 * b, PIXELS)
+        local = views[:, :, self.rows]  # [K, 2, b, 64]
+        x = local.reshape(k, 2 * local.shape[2], PIXELS)
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
-            z = F.normalize(project(p, represent(p, x)), dim=-1)  # [K, 2B, D]: view 1 rows, then view 2 rows
-            sims = self.positive_first(z @ z.transpose(1, 2))
+            z = F.normalize(project(p, represent(p, x)), dim=-1)  # [K, 2b, D]: view 1 rows, then view 2 rows
+            z_all = distributed.gather(z.reshape(k, 2, -1, z.shape[-1]), 2).reshape(k, 2 * b, -1)  # [K, 2B, D]
+            sims = self.positive_first(z @ z_all.transpose(1, 2), self.local_columns)
             return losses.scaled_cross_entropy(sims, 0, t).mean(-1), sims
 
-        return autograd_step(loss_fn, params, tau)
+        return distributed.average(autograd_step(loss_fn, params, tau))
 
     def embed(self, params: dict[str, Tensor]) -> Tensor:
         """The test images' embeddings ``z``, ``[K, N_test, D]``."""
