@@ -40,11 +40,15 @@ class _Gather(torch.autograd.Function):
     """All-gather along ``dim`` forward; all-reduce of the gradient and this rank's slice backward."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        ctx.dim, ctx.rows = dim, x.shape[dim]
+    def forward(x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts, dim)
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple[Tensor, int], output: Tensor) -> None:  # torch.func needs it apart
+        x, dim = inputs
+        ctx.dim, ctx.rows = dim, x.shape[dim]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
