@@ -222,6 +222,10 @@ def clip_loss_rows(
     is the full batch). The excluded logits are set to −∞ *after* the division by τ: masking the similarities
     before it would give ``∂(−∞/τ)/∂τ`` times a zero weight, ``0 · ∞`` = NaN.
 
+    When the rows are the whole batch (``b = B``: one process), ``image_all`` and ``text_all`` are ``image`` and
+    ``text``, and the text→image logits are the transpose of the image→text ones: the batch is normalised and
+    multiplied once, ``ℓ = û v̂ᵀ / τ``, and the second cross-entropy is taken down its columns.
+
     Args:
         image, text: ``[K, b, D]``, the rows, paired row by row.
         image_all, text_all: ``[K, B, D]``, the whole batch (rows ``offset …`` are ``image`` and ``text``).
@@ -234,8 +238,15 @@ def clip_loss_rows(
     with _no_autocast(image):
         dtype = compute_dtype(image, text, tau)
         u, v = F.normalize(image.to(dtype), dim=-1), F.normalize(text.to(dtype), dim=-1)
-        u_all, v_all = F.normalize(image_all.to(dtype), dim=-1), F.normalize(text_all.to(dtype), dim=-1)
         scale = _broadcast(tau, u, "tau")
+        if image.shape[1] == image_all.shape[1]:  # the rows are the batch: one [K, B, B] matrix serves both ways
+            logits = u @ v.transpose(1, 2) / scale
+            if exclude is not None:
+                logits = logits.masked_fill(exclude, float("-inf"))
+            image_to_text = -F.log_softmax(logits, dim=2).diagonal(dim1=1, dim2=2).mean(-1)
+            text_to_image = -F.log_softmax(logits, dim=1).diagonal(dim1=1, dim2=2).mean(-1)
+            return (image_to_text + text_to_image) / 2
+        u_all, v_all = F.normalize(image_all.to(dtype), dim=-1), F.normalize(text_all.to(dtype), dim=-1)
         image_to_text, text_to_image = u @ v_all.transpose(1, 2) / scale, v @ u_all.transpose(1, 2) / scale
         if exclude is not None:
             rows = slice(offset, offset + u.shape[1])

@@ -158,6 +158,7 @@ class CLIP(contrastive.ContrastiveTask):
         noise = torch.tensor([m["caption_noise"] for m in members], device=device)
         self.caption_digit, self.caption_bag = self._captions(noise)  # [K, N_train], [K, N_train, V]
         self.mask = torch.tensor([m["mask_false_negatives"] for m in members], device=device)  # [K]
+        self.masks_negatives = any(m["mask_false_negatives"] for m in members)
         self.losses = [m["objective"] for m in members]
         self.siglip = torch.tensor([loss == "siglip" for loss in self.losses], device=device)  # [K]
         if "siglip" in self.losses and distributed.torchrun_processes() > 1:
@@ -217,6 +218,8 @@ class CLIP(contrastive.ContrastiveTask):
         """
         eye = torch.eye(len(batch.same[0]), dtype=torch.bool, device=self.device)
         exclude = batch.same & ~eye & self.mask[:, None, None]
+        # with no member masking, leaving the −∞ fill out spares a [K, B, B] pass forward and backward
+        clip_exclude = exclude if self.masks_negatives else None
         images, bags = batch.images[:, self.rows], batch.bags[:, self.rows]
         uses = set(self.losses)
 
@@ -226,7 +229,7 @@ class CLIP(contrastive.ContrastiveTask):
             sims = self.similarities(u, v_all, self.local_columns)
             if uses == {"siglip"}:
                 return siglip_loss_excluding(u, v, t, p["logit_bias"], exclude), sims
-            clip = losses.clip_loss_rows(u, v, u_all, v_all, t, self.rows.start, exclude)
+            clip = losses.clip_loss_rows(u, v, u_all, v_all, t, self.rows.start, clip_exclude)
             if uses == {"clip"}:
                 return clip, sims
             return torch.where(self.siglip, siglip_loss_excluding(u, v, t, p["logit_bias"], exclude), clip), sims
