@@ -154,32 +154,9 @@ def autograd_step(
     """Gradients by autograd for ``loss_fn(params, tau) -> (loss [K], sims or None)``.
 
     Members are independent, so the gradient of ``Σ_k L_k`` with respect to the stacked
-    parameters is the stack of each member's own gradient. Eager, ``torch.autograd.grad`` on detached
-    leaves; while ``torch.compile`` traces (a compiled block of steps, ``scan``), ``torch.func.grad``, which
-    it can trace there. Both give the same numbers; in eager mode ``torch.func.grad`` costs more per step
-    (its wrapper tensors on every op: docs/benchmarks.md, "Contrastive studies"). A parameter the loss does
-    not use gets a zero gradient either way.
+    parameters is the stack of each member's own gradient. ``torch.func.grad`` rather than
+    ``torch.autograd.grad``: ``torch.compile`` traces it inside a compiled block of steps (``scan``).
     """
-    if torch.compiler.is_compiling():
-        return _func_grad_step(loss_fn, params, tau)
-    with torch.enable_grad():  # the engine's logging step may run under no_grad; torch.func.grad ignores it
-        leaves = {name: p.detach().requires_grad_() for name, p in params.items()}
-        tau = tau.detach().requires_grad_()
-        loss, sims = loss_fn(leaves, tau)
-        *grads, grad_tau = torch.autograd.grad(loss.sum(), [*leaves.values(), tau], allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for p, g in zip(leaves.values(), grads, strict=True)]
-    grad_tau = torch.zeros_like(tau) if grad_tau is None else grad_tau
-    return StepResult(
-        loss.detach(), dict(zip(leaves, grads, strict=True)), grad_tau, None if sims is None else sims.detach()
-    )
-
-
-def _func_grad_step(
-    loss_fn: Callable[[dict[str, Tensor], Tensor], tuple[Tensor, Tensor | None]],
-    params: dict[str, Tensor],
-    tau: Tensor,
-) -> StepResult:
-    """``autograd_step`` by ``torch.func.grad``: the form ``torch.compile`` traces inside ``scan``."""
 
     def total(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         loss, sims = loss_fn(p, t)
