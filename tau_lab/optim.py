@@ -51,6 +51,16 @@ class Optimizer:
     ) -> None:
         self.name, self.lr, self.weight_decay, self.betas, self.eps = name, lr, weight_decay, betas, eps
         self.state: dict[str, Tensor] = {}
+        # each parameter's learning rate, weight decay and their product, tensors shaped [K, 1, …, 1] like it ([]
+        # for one number): a step reshapes nothing, and torch.compile takes them as inputs, not as constants it
+        # would compile a graph for each value of (a search's trials, a sweep's populations)
+        self.rates: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        for key, p in params.items():
+            rate, decay = (
+                torch.as_tensor(_per_member(v, p), dtype=p.dtype, device=p.device) for v in (lr[key], weight_decay[key])
+            )
+            self.rates[key] = (rate, decay, rate * decay)
+        self.decays = any(isinstance(wd, Tensor) or wd for wd in weight_decay.values())  # else SGD skips wd p
         if name == "adamw":
             for key, p in params.items():
                 self.state[f"{key}.m"] = torch.zeros_like(p)
@@ -69,27 +79,46 @@ class Optimizer:
         self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor], state: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``step`` as a pure function: the updated parameters and optimizer state, new tensors (a compiled
-        block of steps carries them from step to step; nothing it was given is written)."""
+        block of steps carries them from step to step; nothing it was given is written).
+
+        The arithmetic runs on all parameters at once (``torch._foreach_*``: one call per operation, not one per
+        parameter and operation), with the rates shaped once (``rates``); only the masks' ``torch.where`` is per
+        parameter (there is no ``_foreach_where``)."""
         state = dict(state)
-        if self.name == "adamw":
+        keys = list(params)
+        ps, gs = [params[k] for k in keys], [grads[k] for k in keys]
+        lrs, wds, lr_wds = (list(rates) for rates in zip(*(self.rates[k] for k in keys), strict=True))
+        if self.name == "sgd":  # lr (g + wd p)
+            if self.decays:
+                gs = torch._foreach_add(gs, torch._foreach_mul(ps, wds))
+            steps = torch._foreach_mul(gs, lrs)
+        else:  # lr m̂ / (√v̂ + ε) + lr wd p, with m and v kept where masked out
             state["t"] = state["t"] + torch.stack(list(masks.values())).any(0)
             t = state["t"].clamp(min=1)
             b1, b2 = self.betas
             bc1, bc2 = 1 - b1**t, 1 - b2**t
-        updated = {}
-        for key, p in params.items():
-            g, lr, wd = grads[key], _per_member(self.lr[key], p), _per_member(self.weight_decay[key], p)
-            mask = masks[key].reshape(-1, *([1] * (p.ndim - 1)))
-            if self.name == "sgd":
-                update = lr * (g + wd * p) if isinstance(wd, Tensor) or wd else lr * g
-            else:
-                m = state[f"{key}.m"] = torch.where(mask, b1 * state[f"{key}.m"] + (1 - b1) * g, state[f"{key}.m"])
-                v = state[f"{key}.v"] = torch.where(mask, b2 * state[f"{key}.v"] + (1 - b2) * g * g, state[f"{key}.v"])
-                shape = (-1, *([1] * (p.ndim - 1)))
-                denom = (v / bc2.reshape(shape)).sqrt() + self.eps
-                update = lr * (m / bc1.reshape(shape)) / denom + lr * wd * p
-            updated[key] = torch.where(mask, p - update, p)  # where, not a product: frozen members may hold NaN
+            ms, vs = [state[f"{k}.m"] for k in keys], [state[f"{k}.v"] for k in keys]
+            new_m = torch._foreach_add(torch._foreach_mul(ms, b1), torch._foreach_mul(gs, 1 - b1))
+            g2 = torch._foreach_mul(torch._foreach_mul(gs, 1 - b2), gs)  # (1 − β₂) g g, as torch.optim orders it
+            new_v = torch._foreach_add(torch._foreach_mul(vs, b2), g2)
+            ms = [torch.where(self._mask(masks[k], p), n, o) for k, p, n, o in zip(keys, ps, new_m, ms, strict=True)]
+            vs = [torch.where(self._mask(masks[k], p), n, o) for k, p, n, o in zip(keys, ps, new_v, vs, strict=True)]
+            state |= {f"{k}.m": m for k, m in zip(keys, ms, strict=True)}
+            state |= {f"{k}.v": v for k, v in zip(keys, vs, strict=True)}
+            m_hat = torch._foreach_div(ms, [self._mask(bc1, p) for p in ps])
+            v_hat = torch._foreach_div(vs, [self._mask(bc2, p) for p in ps])
+            denom = torch._foreach_add(torch._foreach_sqrt(v_hat), self.eps)
+            steps = torch._foreach_div(torch._foreach_mul(m_hat, lrs), denom)
+            steps = torch._foreach_add(steps, torch._foreach_mul(ps, lr_wds))
+        moved = torch._foreach_sub(ps, steps)
+        updated = {  # where, not a product: frozen members may hold NaN
+            k: torch.where(self._mask(masks[k], p), n, p) for k, p, n in zip(keys, ps, moved, strict=True)
+        }
         return updated, state
+
+    @staticmethod
+    def _mask(mask: Tensor, like: Tensor) -> Tensor:
+        return mask.reshape(-1, *([1] * (like.ndim - 1)))
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.state.items()}
