@@ -198,8 +198,14 @@ class Quadrants(TaskBase):
 
     @staticmethod
     def member_bytes(experiment: Any) -> int:
-        """Memory of one member: weights, gradients and two optimizer states, float32."""
-        return 4 * 4 * 4 * experiment.model.hidden
+        """Memory of one member: float32 weights, gradients and two optimizer states (``4 · 4 hidden``), a block's
+        stacked batches (``block_steps × (2 + negatives) × 2``), the evaluation's cosine matrix and pairs (``2 N²``
+        for ``N`` points), and the int64 index stream of its seed (``(steps + 1) × (2 + negatives)``, at most one
+        seed per member)."""
+        data, batch = experiment.data, 2 + experiment.data.negatives
+        points = 4 * data.points_per_quadrant
+        floats = 4 * 4 * experiment.model.hidden + experiment.block_steps * batch * 2 + 2 * points**2
+        return 4 * floats + 8 * (experiment.steps + 1) * batch
 
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
