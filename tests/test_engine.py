@@ -33,6 +33,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     [
         [],  # the seed's SGD, lr 3e-4
         ["optimizer.name='adamw'", "optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.tau_lr=0.05"],
+        ["model.gradients='autograd'", "optimizer.name='adamw'", "optimizer.lr=0.01", "optimizer.tau_lr=0.05"],
     ],
 )
 def test_member_reproduces_standalone_training_float64(float64, overrides):

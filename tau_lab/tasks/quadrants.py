@@ -162,7 +162,9 @@ class Quadrants(TaskBase):
             e = torch.func.functional_call(self.module, {"0.weight": w1, "1.weight": w2}, (x,))  # [B, 2]
             n = e / e.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
             s = n[1:] @ n[0]  # [1 + negatives]: the positive first
-            return torch.logsumexp(s / tau, 0) - s[0] / tau, s
+            # −log softmax, as cross-entropy computes it: its gradient softmax − onehot is formed in one place (a
+            # logsumexp minus s₀/τ forms it as the difference of two terms of size 1/τ: float64 drifted at τ = 0.001)
+            return -F.log_softmax(s / tau, dim=0)[0], s
 
         def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
             return torch.func.vmap(member)(p["w1"], p["w2"], x, t)
