@@ -579,8 +579,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="variants",
         action="append",
         type=json.loads,
-        help='engine config overrides as a JSON list, repeatable (default: [], ["compile=true"], '
-        '["block_steps=64"], ["block_steps=64", "compile=true"])',
+        help='engine config overrides as a JSON list, repeatable (default: ["block_steps=1"], [], ["compile=true"], '
+        'and the three with model.gradients="autograd")',
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, help="interleaved rounds, the median reported (default 5; --quick 1)")
