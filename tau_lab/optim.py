@@ -60,7 +60,7 @@ class Optimizer:
                 torch.as_tensor(_per_member(v, p), dtype=p.dtype, device=p.device) for v in (lr[key], weight_decay[key])
             )
             self.rates[key] = (rate, decay, rate * decay)
-        self.decays = any(isinstance(wd, Tensor) or wd for wd in weight_decay.values())  # else SGD skips wd p
+        self.decays = {key: isinstance(wd, Tensor) or bool(wd) for key, wd in weight_decay.items()}  # else: no wd p
         if name == "adamw":
             for key, p in params.items():
                 self.state[f"{key}.m"] = torch.zeros_like(p)
@@ -81,39 +81,27 @@ class Optimizer:
         """``step`` as a pure function: the updated parameters and optimizer state, new tensors (a compiled
         block of steps carries them from step to step; nothing it was given is written).
 
-        The arithmetic runs on all parameters at once (``torch._foreach_*``: one call per operation, not one per
-        parameter and operation), with the rates shaped once (``rates``); only the masks' ``torch.where`` is per
-        parameter (there is no ``_foreach_where``)."""
+        Per parameter, with its rates shaped once (``rates``). ``torch._foreach_*`` over the parameters was
+        measured no faster on the CPU (0.83–0.99× at K = 5 … 1000: the CPU runs a foreach op tensor by tensor),
+        and the masks' ``torch.where`` has no foreach form."""
         state = dict(state)
-        keys = list(params)
-        ps, gs = [params[k] for k in keys], [grads[k] for k in keys]
-        lrs, wds, lr_wds = (list(rates) for rates in zip(*(self.rates[k] for k in keys), strict=True))
-        if self.name == "sgd":  # lr (g + wd p)
-            if self.decays:
-                gs = torch._foreach_add(gs, torch._foreach_mul(ps, wds))
-            steps = torch._foreach_mul(gs, lrs)
-        else:  # lr m̂ / (√v̂ + ε) + lr wd p, with m and v kept where masked out
+        if self.name == "adamw":
             state["t"] = state["t"] + torch.stack(list(masks.values())).any(0)
             t = state["t"].clamp(min=1)
             b1, b2 = self.betas
             bc1, bc2 = 1 - b1**t, 1 - b2**t
-            ms, vs = [state[f"{k}.m"] for k in keys], [state[f"{k}.v"] for k in keys]
-            new_m = torch._foreach_add(torch._foreach_mul(ms, b1), torch._foreach_mul(gs, 1 - b1))
-            g2 = torch._foreach_mul(torch._foreach_mul(gs, 1 - b2), gs)  # (1 − β₂) g g, as torch.optim orders it
-            new_v = torch._foreach_add(torch._foreach_mul(vs, b2), g2)
-            ms = [torch.where(self._mask(masks[k], p), n, o) for k, p, n, o in zip(keys, ps, new_m, ms, strict=True)]
-            vs = [torch.where(self._mask(masks[k], p), n, o) for k, p, n, o in zip(keys, ps, new_v, vs, strict=True)]
-            state |= {f"{k}.m": m for k, m in zip(keys, ms, strict=True)}
-            state |= {f"{k}.v": v for k, v in zip(keys, vs, strict=True)}
-            m_hat = torch._foreach_div(ms, [self._mask(bc1, p) for p in ps])
-            v_hat = torch._foreach_div(vs, [self._mask(bc2, p) for p in ps])
-            denom = torch._foreach_add(torch._foreach_sqrt(v_hat), self.eps)
-            steps = torch._foreach_div(torch._foreach_mul(m_hat, lrs), denom)
-            steps = torch._foreach_add(steps, torch._foreach_mul(ps, lr_wds))
-        moved = torch._foreach_sub(ps, steps)
-        updated = {  # where, not a product: frozen members may hold NaN
-            k: torch.where(self._mask(masks[k], p), n, p) for k, p, n in zip(keys, ps, moved, strict=True)
-        }
+        updated = {}
+        for key, p in params.items():
+            g, (lr, wd, lr_wd) = grads[key], self.rates[key]
+            mask = self._mask(masks[key], p)
+            if self.name == "sgd":
+                update = lr * (g + wd * p) if self.decays[key] else lr * g
+            else:
+                m = state[f"{key}.m"] = torch.where(mask, b1 * state[f"{key}.m"] + (1 - b1) * g, state[f"{key}.m"])
+                v = state[f"{key}.v"] = torch.where(mask, b2 * state[f"{key}.v"] + (1 - b2) * g * g, state[f"{key}.v"])
+                denom = (v / self._mask(bc2, p)).sqrt() + self.eps
+                update = lr * (m / self._mask(bc1, p)) / denom + lr_wd * p
+            updated[key] = torch.where(mask, p - update, p)  # where, not a product: frozen members may hold NaN
         return updated, state
 
     @staticmethod
