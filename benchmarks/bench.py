@@ -256,10 +256,10 @@ def end_to_end(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str
 PHASES: dict[str, tuple[str, list[tuple[Any, str]]]] = {
     "set-up": ("task data, index streams, initial weights", [(Quadrants, "__init__")]),
     "task.batch": ("gather the step's points", [(Quadrants, "batch")]),
-    "temperature(step)": ("τ per member", [(Temperature, "forward")]),
-    "task.step": ("loss and closed-form gradients", [(Quadrants, "step")]),
-    "optimizer.step": ("masked SGD update", [(Optimizer, "step")]),
-    "temperature.clamp_": ("clamp learnable τ", [(Temperature, "clamp_")]),
+    "temperature(step)": ("τ per member", [(Temperature, "forward"), (Temperature, "tau")]),
+    "task.step": ("loss and gradients", [(Quadrants, "step"), (Quadrants, "autograd_step")]),
+    "optimizer.step": ("masked SGD update", [(Optimizer, "step"), (Optimizer, "update")]),
+    "temperature.clamp_": ("clamp learnable τ", [(Temperature, "clamp_"), (Temperature, "clamp")]),
     "logging": (
         "metrics, MetricLog.record (every log_every)",
         [(metrics, "grad_norm"), (metrics, "effective_negatives"), (engine.MetricLog, "record")],
