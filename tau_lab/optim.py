@@ -82,8 +82,8 @@ class Optimizer:
         block of steps carries them from step to step; nothing it was given is written).
 
         Per parameter, with its rates shaped once (``rates``). ``torch._foreach_*`` over the parameters was
-        measured no faster on the CPU (0.83–0.99× at K = 5 … 1000: the CPU runs a foreach op tensor by tensor),
-        and the masks' ``torch.where`` has no foreach form."""
+        measured no faster on the CPU (it runs a foreach op tensor by tensor; docs/benchmarks.md), and the
+        masks' ``torch.where`` has no foreach form."""
         state = dict(state)
         if self.name == "adamw":
             state["t"] = state["t"] + torch.stack(list(masks.values())).any(0)

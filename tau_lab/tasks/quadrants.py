@@ -131,7 +131,8 @@ class Quadrants(TaskBase):
         """
         # torch.bmm rather than @: every tensor is [K, ., .], and @ adds expand/reshape calls per product; but a
         # product over the 2 input or output coordinates is written out as 2 terms: MKL's batched GEMM with an
-        # inner size of 2 took 3× as long at K = 1000 (about equal at K = 100, 7 µs slower at K = 5)
+        # inner size of 2 was the slowest op of a K = 1000 step (docs/benchmarks.md). Not addcmul for x W₁ᵀ: its
+        # fused rounding moved float32 members further from the autograd reference
         w1, w2 = params["w1"], params["w2"]
         h = x[..., 0:1] * w1[:, None, :, 0] + x[..., 1:2] * w1[:, None, :, 1]  # x W₁ᵀ: [K, B, hidden]
         e = torch.tanh(torch.bmm(h, w2.transpose(1, 2)))  # [K, B, 2]
