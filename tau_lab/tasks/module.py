@@ -262,12 +262,13 @@ class ModuleTask(contrastive.ContrastiveTask):
 
     @staticmethod
     def member_bytes(experiment: Any) -> int:
-        """Parameters with their optimizer state, and a rough activation budget: 64 numbers per input number
-        of one batch (a conv net keeps several feature maps per input pixel alive for the backward pass)."""
+        """Parameters with their optimizer state, a rough activation budget: 64 numbers per input number
+        of one batch (a conv net keeps several feature maps per input pixel alive for the backward pass), and the
+        ``block_steps`` batches a block of steps holds stacked."""
         a, b, _ = load_data(experiment.data)
-        per_pair = a[0].numel() + b[0].numel()
+        per_batch = experiment.data.batch_size * (a[0].numel() + b[0].numel())
         module = build_module(experiment.model, 0)
-        return contrastive.member_bytes(module, 64 * experiment.data.batch_size * per_pair)
+        return contrastive.member_bytes(module, (64 + experiment.block_steps) * per_batch)
 
 
 def paired_reference(
