@@ -58,8 +58,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED_TAUS = "[0.99, 0.5, 0.05, 0.01, 0.001]"  # the quadrants study's five temperatures
 WARMUP_STEPS = 20
 SUBSET = 5  # members the seed loop runs at every K
-# Engine variants as config overrides; block_steps is issue 11's steps-per-dispatch key (skipped until it exists).
-VARIANTS = ([], ["compile=true"], ["block_steps=64"], ["block_steps=64", "compile=true"])
+# Engine variants as config overrides: blocks of 64 steps (the default) or one step at a time, eager or compiled;
+# the quadrants step's closed-form gradients (the default) or the generic functional population's
+# (``model.gradients = "autograd"``: torch.func over the nn.Module, as every module task computes them).
+AUTOGRAD = 'model.gradients="autograd"'
+VARIANTS = (
+    ["block_steps=1"],
+    [],
+    ["compile=true"],
+    [AUTOGRAD, "block_steps=1"],
+    [AUTOGRAD],
+    [AUTOGRAD, "compile=true"],
+)
 # Steps per K: (engine and peers, seed loop per member). K = 1000 and more stay short: a round must stay cheap.
 STEPS = {5: (2000, 1000), 100: (1000, 300), 1000: (200, 100), 10000: (50, 20)}
 QUICK_STEPS = {5: (100, 30), 100: (50, 20), 1000: (20, 10), 10000: (10, 5)}
@@ -246,10 +256,10 @@ def end_to_end(args: argparse.Namespace, say: Callable[[str], None]) -> dict[str
 PHASES: dict[str, tuple[str, list[tuple[Any, str]]]] = {
     "set-up": ("task data, index streams, initial weights", [(Quadrants, "__init__")]),
     "task.batch": ("gather the step's points", [(Quadrants, "batch")]),
-    "temperature(step)": ("τ per member", [(Temperature, "forward")]),
-    "task.step": ("loss and closed-form gradients", [(Quadrants, "step")]),
-    "optimizer.step": ("masked SGD update", [(Optimizer, "step")]),
-    "temperature.clamp_": ("clamp learnable τ", [(Temperature, "clamp_")]),
+    "temperature(step)": ("τ per member", [(Temperature, "forward"), (Temperature, "tau")]),
+    "task.step": ("loss and gradients", [(Quadrants, "step"), (Quadrants, "autograd_step")]),
+    "optimizer.step": ("masked SGD update", [(Optimizer, "step"), (Optimizer, "update")]),
+    "temperature.clamp_": ("clamp learnable τ", [(Temperature, "clamp_"), (Temperature, "clamp")]),
     "logging": (
         "metrics, MetricLog.record (every log_every)",
         [(metrics, "grad_norm"), (metrics, "effective_negatives"), (engine.MetricLog, "record")],
@@ -569,8 +579,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="variants",
         action="append",
         type=json.loads,
-        help='engine config overrides as a JSON list, repeatable (default: [], ["compile=true"], '
-        '["block_steps=64"], ["block_steps=64", "compile=true"])',
+        help='engine config overrides as a JSON list, repeatable (default: ["block_steps=1"], [], ["compile=true"], '
+        'and the three with model.gradients="autograd")',
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, help="interleaved rounds, the median reported (default 5; --quick 1)")

@@ -275,7 +275,7 @@ def sweep_command(
         Path | None,
         typer.Option(
             help="Write every member's metrics to this TensorBoard folder as it trains: DIR/<experiment>/<run-id>/"
-            "member-<id> (open with tensorboard --logdir DIR)."
+            "member-<id> (open with tensorboard --logdir DIR); with --storage, each worker the members it trains."
         ),
     ] = None,
     storage: Annotated[
@@ -326,8 +326,6 @@ def sweep_command(
             raise UserError("--assemble needs --storage: the storage that the sweep's workers share")
         if storage is not None and resume is not None:
             raise UserError("--resume and --storage do not go together: a scaled-out sweep resumes by running it again")
-        if storage is not None and tensorboard is not None:
-            raise UserError("--tensorboard and --storage do not go together yet: run TensorBoard on one worker's sweep")
         if resume is not None:
             spec = _load_for_resume(resume, experiment, overrides)
         elif experiment is None:
@@ -337,8 +335,8 @@ def sweep_command(
         name = spec.name
         progress = not quiet  # a bar on a terminal, else a line every TAU_LAB_PROGRESS_EVERY seconds
         if storage is not None:
-            scaled = _scale_out(spec, experiment, overrides, storage, assemble, results_dir, progress)
-            if scaled is None:  # this worker's chunks are trained; another one writes the run directory
+            scaled = _scale_out(spec, experiment, overrides, storage, assemble, results_dir, progress, tensorboard)
+            if scaled is None:  # this worker's chunks are trained (logged); another one writes the run directory
                 return
             run_dir, out = scaled
         else:
@@ -398,20 +396,26 @@ def _scale_out(
     assemble: bool,
     results_dir: Path,
     progress: bool,
+    tensorboard: Path | None,
 ) -> tuple[Path, dict[str, pd.DataFrame]] | None:
-    """``--storage``: this process is one worker of the sweep (``tau_lab.scaleout``), or only assembles it."""
+    """``--storage``: this process is one worker of the sweep (``tau_lab.scaleout``), or only assembles it;
+    ``None`` when this worker did not write the run directory. With ``tensorboard``, the worker writes the
+    series of the members it trains under the run id the run directory gets."""
     from tau_lab import scaleout, search
 
-    plan = scaleout.plan(spec, storage, results_dir)
+    plan = scaleout.plan(spec, storage, results_dir, tensorboard)
     if assemble:
         return scaleout.assemble_only(plan)
     logging.basicConfig(level=logging.INFO, format=search.LOG_FORMAT)  # a line per chunk, as Optuna logs
     try:
-        return scaleout.work(plan, progress)
+        done = scaleout.work(plan, progress)
     except KeyboardInterrupt as stop:
         command = ["tau-lab", "sweep", str(experiment), "--storage", results.redact(storage)]
         command += ["--results", str(results_dir), *(arg for item in overrides for arg in ("--set", item))]
+        if tensorboard is not None:
+            command += ["--tensorboard", str(tensorboard)]
         raise _interrupted(shlex.join(command), stop) from None
+    return None if isinstance(done, scaleout.Pending) else done
 
 
 class FigureFormat(StrEnum):

@@ -314,6 +314,51 @@ def siglip_loss(image: Tensor, text: Tensor, tau: float | Tensor, bias: float | 
         return -F.logsigmoid(signs * logits).sum((-2, -1)) / n
 
 
+def siglip_loss_rows(
+    image: Tensor,
+    text_all: Tensor,
+    tau: Tensor,
+    bias: Tensor,
+    offset: int = 0,
+    exclude: Tensor | None = None,
+) -> Tensor:
+    """SigLIP's loss of some rows' images against every caption of the batch (open_clip's global batch): ``[K]``.
+
+    With ``ℓ_ij = û_i·v̂_j / τ + b`` over the global batch, the rows ``i = offset … offset + b − 1``,
+    ``z_ij = +1`` when ``j = i`` (the global diagonal: row i of process r is global row ``r·b + i``), ``−1``
+    elsewhere, and ``E`` the excluded pairs (never the diagonal),
+
+        L_rows = −(1/b) Σ_{i in rows} Σ_{j ∉ E_i} log σ(z_ij ℓ_ij).
+
+    The B² pairs split by rows, so with P equal shards (B = P·b) the mean of the shards' losses is
+    ``−(1/P)(1/b) Σ_{all i, j} = −(1/B) Σ_{all i, j}``: ``siglip_loss`` of the whole batch, whose divisor is
+    B (``siglip_loss_rows(u, v, τ, b)`` is the full batch). Each process's images against the gathered
+    captions cover every pair once, so no caption needs to meet the gathered images as well. An excluded pair
+    contributes 0 and the divisor stays b, as a left-out pair of the full batch leaves B.
+
+    Args:
+        image: ``[K, b, D]``, the rows' images.
+        text_all: ``[K, B, D]``, every caption of the batch (rows ``offset …`` are the rows' own).
+        tau, bias: ``[K]``.
+        offset: the global index of the first row.
+        exclude: ``[K, B, B]`` bool or ``None``; ``exclude[k, i, j]``: the pair (image i, caption j) is left
+            out of the sum; the diagonal must be ``False``.
+    """
+    check_members("tau", tau, image, "image", member_ndim=3)
+    check_members("bias", bias, image, "image", member_ndim=3)
+    with _no_autocast(image):
+        dtype = compute_dtype(image, text_all, tau, bias)
+        u, v = F.normalize(image.to(dtype), dim=-1), F.normalize(text_all.to(dtype), dim=-1)
+        logits = u @ v.transpose(1, 2) / _broadcast(tau, u, "tau") + _broadcast(bias, u, "bias")  # [K, b, B]
+        rows, columns = logits.shape[1:]
+        own = torch.arange(offset, offset + rows, device=u.device)
+        signs = torch.where(own[:, None] == torch.arange(columns, device=u.device), 1.0, -1.0).to(dtype)
+        pairs = -F.logsigmoid(signs * logits)
+        if exclude is not None:
+            pairs = pairs.masked_fill(exclude[:, offset : offset + rows], 0.0)
+        return pairs.sum((1, 2)) / rows
+
+
 class KDLoss(NamedTuple):
     """The distillation loss and its two parts, each ``[K]`` (or a scalar)."""
 

@@ -51,6 +51,16 @@ class Optimizer:
     ) -> None:
         self.name, self.lr, self.weight_decay, self.betas, self.eps = name, lr, weight_decay, betas, eps
         self.state: dict[str, Tensor] = {}
+        # each parameter's learning rate, weight decay and their product, tensors shaped [K, 1, …, 1] like it ([]
+        # for one number): a step reshapes nothing, and torch.compile takes them as inputs, not as constants it
+        # would compile a graph for each value of (a search's trials, a sweep's populations)
+        self.rates: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        for key, p in params.items():
+            rate, decay = (
+                torch.as_tensor(_per_member(v, p), dtype=p.dtype, device=p.device) for v in (lr[key], weight_decay[key])
+            )
+            self.rates[key] = (rate, decay, rate * decay)
+        self.decays = {key: isinstance(wd, Tensor) or bool(wd) for key, wd in weight_decay.items()}  # else: no wd p
         if name == "adamw":
             for key, p in params.items():
                 self.state[f"{key}.m"] = torch.zeros_like(p)
@@ -69,7 +79,11 @@ class Optimizer:
         self, params: dict[str, Tensor], grads: dict[str, Tensor], masks: dict[str, Tensor], state: dict[str, Tensor]
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """``step`` as a pure function: the updated parameters and optimizer state, new tensors (a compiled
-        block of steps carries them from step to step; nothing it was given is written)."""
+        block of steps carries them from step to step; nothing it was given is written).
+
+        Per parameter, with its rates shaped once (``rates``). ``torch._foreach_*`` over the parameters was
+        measured no faster on the CPU (it runs a foreach op tensor by tensor; docs/benchmarks.md), and the
+        masks' ``torch.where`` has no foreach form."""
         state = dict(state)
         if self.name == "adamw":
             state["t"] = state["t"] + torch.stack(list(masks.values())).any(0)
@@ -78,18 +92,21 @@ class Optimizer:
             bc1, bc2 = 1 - b1**t, 1 - b2**t
         updated = {}
         for key, p in params.items():
-            g, lr, wd = grads[key], _per_member(self.lr[key], p), _per_member(self.weight_decay[key], p)
-            mask = masks[key].reshape(-1, *([1] * (p.ndim - 1)))
+            g, (lr, wd, lr_wd) = grads[key], self.rates[key]
+            mask = self._mask(masks[key], p)
             if self.name == "sgd":
-                update = lr * (g + wd * p) if isinstance(wd, Tensor) or wd else lr * g
+                update = lr * (g + wd * p) if self.decays[key] else lr * g
             else:
                 m = state[f"{key}.m"] = torch.where(mask, b1 * state[f"{key}.m"] + (1 - b1) * g, state[f"{key}.m"])
                 v = state[f"{key}.v"] = torch.where(mask, b2 * state[f"{key}.v"] + (1 - b2) * g * g, state[f"{key}.v"])
-                shape = (-1, *([1] * (p.ndim - 1)))
-                denom = (v / bc2.reshape(shape)).sqrt() + self.eps
-                update = lr * (m / bc1.reshape(shape)) / denom + lr * wd * p
+                denom = (v / self._mask(bc2, p)).sqrt() + self.eps
+                update = lr * (m / self._mask(bc1, p)) / denom + lr_wd * p
             updated[key] = torch.where(mask, p - update, p)  # where, not a product: frozen members may hold NaN
         return updated, state
+
+    @staticmethod
+    def _mask(mask: Tensor, like: Tensor) -> Tensor:
+        return mask.reshape(-1, *([1] * (like.ndim - 1)))
 
     def state_dict(self) -> dict[str, Tensor]:
         return {k: v.clone() for k, v in self.state.items()}

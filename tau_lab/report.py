@@ -24,6 +24,7 @@ import pandas as pd
 from tau_lab import results
 from tau_lab.analysis import findings as find
 from tau_lab.analysis import over_seeds, summary_tables
+from tau_lab.analysis.tables import grid_axes
 
 SUMMARY_METRICS = {  # column: heading in the members table
     "tau": "final τ",
@@ -45,18 +46,25 @@ Sections = list[tuple[str, list[Block]]]
 
 
 def summary(members: pd.DataFrame) -> pd.DataFrame:
-    """The members by τ mode × initial τ: count, diverged, and each final metric as mean ± sd over seeds.
+    """The members by τ mode × initial τ × the task's own grid axes that vary (caption noise, batch size, …):
+    count, diverged, and each final metric as mean ± sd over seeds.
 
-    Diverged members count but their metrics do not: their last values predate the divergence.
+    Diverged members count but their metrics do not: their last values predate the divergence. Axes are
+    never pooled: a row's sd is the seeds' spread alone.
     """
     metrics = [m for m in SUMMARY_METRICS if m in members.columns]
-    stats = over_seeds(members, ["tau_mode", "tau_init"], metrics).set_index(["tau_mode", "tau_init"])
+    axes = [a for a in grid_axes(members) if members[a].nunique() > 1]
+    by = ["tau_mode", "tau_init", *axes]
+    stats = over_seeds(members, by, metrics).set_index(by)
     rows = []
     for mode in find.mode_order(members):
-        for tau_init, group in members[members["tau_mode"] == mode].groupby("tau_init", sort=True):
-            row = {"τ mode": mode, "τ₀": f"{tau_init:g}", "members": len(group)}
-            row["diverged"] = int((group["status"] == "diverged").sum())
-            s = stats.loc[(mode, tau_init)] if (mode, tau_init) in stats.index else None
+        for key, group in members[members["tau_mode"] == mode].groupby(by[1:], sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            row = {"τ mode": mode, "τ₀": f"{key[0]:g}"}
+            for axis, value in zip(axes, key[1:], strict=True):  # "caption_noise = 0.3" → column, "0.3"
+                row[find.AXIS_WORDS.get(axis, axis)] = find.axis_text(axis, value).split(" = ")[-1]
+            row |= {"members": len(group), "diverged": int((group["status"] == "diverged").sum())}
+            s = stats.loc[(mode, *key)] if (mode, *key) in stats.index else None
             for m in metrics:
                 if s is None or pd.isna(s[f"{m}_mean"]):
                     row[SUMMARY_METRICS[m]] = "–"

@@ -82,12 +82,20 @@ def umask() -> int:
     return mask
 
 
-def new_run_dir(experiment: str, root: Path = RESULTS_DIR, files: dict[str, str] | None = None) -> Path:
+def new_run_id() -> str:
+    """A run id, ``YYYYmmdd-HHMMSS-xxxx``: the UTC second and 4 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+
+
+def new_run_dir(
+    experiment: str, root: Path = RESULTS_DIR, files: dict[str, str] | None = None, run_id: str | None = None
+) -> Path:
     """A new ``root/experiment/<run-id>/`` holding ``files`` (name → text), created whole.
 
     The files are written into a hidden sibling folder that is then renamed to the run id; a rename
     onto an existing run (two runs in the same second with the same 4 hex digits) fails and another
-    id is drawn.
+    id is drawn. ``run_id`` is tried first (a scaled-out sweep's, drawn when its first chunk was
+    claimed); when that run exists already here, a new id is drawn as well.
     """
     parent = root / experiment
     with writing(parent):
@@ -97,8 +105,8 @@ def new_run_dir(experiment: str, root: Path = RESULTS_DIR, files: dict[str, str]
             os.chmod(staging, 0o777 & ~umask())  # mkdtemp makes it 0700
             for name, text in (files or {}).items():
                 (staging / name).write_text(text)
-            for _ in range(ATTEMPTS):
-                path = parent / (time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2))
+            for attempt in range(ATTEMPTS):
+                path = parent / (run_id if attempt == 0 and run_id is not None else new_run_id())
                 try:
                     # a rename onto an empty folder would succeed: runs are never empty, and a folder
                     # someone else made is refused by the existence check

@@ -29,6 +29,11 @@ directory (``members``, ``metrics``, ``embeddings``, ``config.toml``, ``env.json
   queued again (``study.enqueue_trial``, user attribute ``retry_of``) before the next claim. A worker
   resumes a chunk from its own checkpoint when it trained part of it before (``--resume``'s checkpoints
   in ``results/<name>/scaleout-<hash>/``); another machine starts it from step 0.
+- **One run id.** The first claim draws the run id (``results.new_run_id``) and keeps it in the study's user
+  attribute ``run_id``; the assembled run directory is ``results/<name>/<run-id>`` (a new id only where that
+  folder exists already, as when ``--assemble`` copies a run assembled into the same results folder). With
+  ``--tensorboard DIR`` each worker writes the members it trains to ``DIR/<name>/<run-id>/member-<id>``, the
+  layout of a plain sweep, so workers that share ``DIR`` fill one run's folder.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import optuna
@@ -55,7 +60,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
-from tau_lab import config, engine, results, search
+from tau_lab import config, engine, monitor, results, search
 from tau_lab.checkpoint import config_hash, fingerprint
 from tau_lab.errors import UserError
 
@@ -77,6 +82,7 @@ class Plan:
     rows: list[dict[str, Any]]  # every member, as config.members lists them
     populations: list[list[dict[str, Any]]]  # engine.chunks(rows): one trial each
     root: Path  # --results
+    tensorboard: Path | None = None  # --tensorboard: where this worker writes the series of its members
 
     @property
     def study_name(self) -> str:
@@ -96,8 +102,11 @@ class Plan:
         return {"chunk": CategoricalDistribution(list(range(len(self.populations))))}
 
 
-def plan(experiment: config.Experiment, storage: str, root: Path = results.RESULTS_DIR) -> Plan:
-    """The ``Plan`` of ``experiment`` over ``storage``: a journal file path or a PostgreSQL URL.
+def plan(
+    experiment: config.Experiment, storage: str, root: Path = results.RESULTS_DIR, tensorboard: Path | None = None
+) -> Plan:
+    """The ``Plan`` of ``experiment`` over ``storage``: a journal file path or a PostgreSQL URL; with
+    ``tensorboard``, the worker writes its members' series there (``monitor.TensorBoardSink``).
 
     Other databases are refused: claiming needs a lock that tau-lab takes on these two only.
     """
@@ -113,7 +122,8 @@ def plan(experiment: config.Experiment, storage: str, root: Path = results.RESUL
             )
     identity = fingerprint(experiment)
     rows = config.members(experiment)
-    return Plan(experiment, storage, identity, config_hash(identity), rows, engine.chunks(experiment, rows), root)
+    populations = engine.chunks(experiment, rows)
+    return Plan(experiment, storage, identity, config_hash(identity), rows, populations, root, tensorboard)
 
 
 class _ChunkSampler(optuna.samplers.GridSampler):
@@ -252,7 +262,8 @@ class Chunks:
 
 def claim(plan: Plan, study: optuna.Study, storage: BaseStorage) -> Trial | None:
     """Under the study's lock: fail stale trials, queue failed chunks again, and ask the next chunk (queued
-    ones first, then the grid's unvisited ones); None when every chunk is trained or training."""
+    ones first, then the grid's unvisited ones); None when every chunk is trained or training. The first
+    claim draws the sweep's run id (user attribute ``run_id``), under the lock: one for every worker."""
     with search.study_lock(plan.study_name, plan.storage, storage):
         trials = study.get_trials(deepcopy=False)
         if recover_stale(study, trials):
@@ -260,6 +271,8 @@ def claim(plan: Plan, study: optuna.Study, storage: BaseStorage) -> Trial | None
         progress = Chunks.of(trials, len(plan.populations))
         if not progress.missing:
             return None
+        if "run_id" not in study.user_attrs:
+            study.set_user_attr("run_id", results.new_run_id())
         # the grid counts a failed point as visited: queue it again, or no one would ask for it
         for chunk in progress.missing:
             if chunk in progress.failed and chunk not in progress.waiting:
@@ -292,6 +305,12 @@ def heartbeat(trial: Trial, every: float = HEARTBEAT_S) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def tensorboard_dir(tensorboard: Path, plan: Plan, run_id: str) -> Path:
+    """``--tensorboard DIR``'s folder of the sweep, ``DIR/<name>/<run-id>`` with the study's run id: that of
+    the run directory ``assemble`` writes, as ``monitor.logdir`` names a plain sweep's."""
+    return monitor.logdir(tensorboard, plan.root / plan.experiment.name / run_id)
 
 
 # ----------------------------------------------------------------------------- a chunk's outputs in the storage
@@ -338,20 +357,30 @@ def decode(text: str) -> dict[str, Any]:
 def train_chunk(plan: Plan, study: optuna.Study, outputs: optuna.Study, trial: Trial, progress: bool = False) -> bool:
     """Train the claimed chunk, store its outputs (a trial of ``outputs``) and tell COMPLETE; on any error
     or Ctrl-C tell FAIL and re-raise. False when another worker failed the trial meanwhile (its result is
-    dropped)."""
+    dropped). With ``plan.tensorboard``, the chunk's members are written to their TensorBoard runs as they
+    train (``tensorboard_dir``)."""
     chunk = trial.params["chunk"]
     rows, start = plan.populations[chunk], time.perf_counter()
     checkpoint = plan.workdir / "checkpoints" / f"chunk-{chunk}.pt"
     label = f"chunk {chunk + 1}/{len(plan.populations)}"
+    sink = None
     try:
         device = engine.resolve_device(plan.experiment.device)
         trial.set_user_attr("device", str(device))
+        if plan.tensorboard is not None:
+            logdir = tensorboard_dir(plan.tensorboard, plan, study.user_attrs["run_id"])
+            sink = monitor.TensorBoardSink(logdir, plan.rows)
         with heartbeat(trial):
-            output = engine.train_population(plan.experiment, rows, device, checkpoint, progress, label=label)
+            output = engine.train_population(
+                plan.experiment, rows, device, checkpoint, progress, label=label, sink=sink
+            )
         payload = encode(output)
     except BaseException as err:  # interrupted or broken: the chunk is queued again at the next claim
         _fail(study, trial, "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}")
         raise
+    finally:
+        if sink is not None:
+            sink.close()
     seconds = time.perf_counter() - start
     attrs = {"chunk": chunk, "trial": trial.number, "output": payload}
     outputs.add_trial(optuna.trial.create_trial(state=TrialState.COMPLETE, value=float(chunk), user_attrs=attrs))
@@ -371,7 +400,8 @@ def train_chunk(plan: Plan, study: optuna.Study, outputs: optuna.Study, trial: T
 def assemble(plan: Plan, study: optuna.Study, storage: BaseStorage) -> tuple[Path, dict[str, pd.DataFrame]]:
     """Write the sweep's run directory from the stored outputs of every chunk: the tables a single
     ``tau-lab sweep`` writes, with ``config.toml``, ``env.json`` and ``scaleout.json`` (which trial, worker
-    and device trained each chunk). A sweep that is not finished is one line saying what is missing."""
+    and device trained each chunk), named by the study's run id. A sweep that is not finished is one line
+    saying what is missing."""
     progress = Chunks.of(study.get_trials(deepcopy=False), len(plan.populations))
     if len(progress.done) < progress.chunks:
         raise UserError(
@@ -398,7 +428,16 @@ def assemble(plan: Plan, study: optuna.Study, storage: BaseStorage) -> tuple[Pat
     }
     # env.json records the assembling process, which computes on the CPU whatever device the workers trained on
     files = results.run_files(config.dumps(plan.experiment), torch.device("cpu"))
-    run_dir = results.new_run_dir(plan.experiment.name, plan.root, files | {"scaleout.json": json.dumps(record)})
+    files |= {"scaleout.json": json.dumps(record)}
+    run_id = study.user_attrs.get("run_id")  # none in a study claimed before tau-lab kept one
+    run_dir = results.new_run_dir(plan.experiment.name, plan.root, files, run_id)
+    if run_id is not None and run_dir.name != run_id:
+        logger.warning(
+            "%s exists already (assembled here before): this copy is %s; TensorBoard runs are named %s",
+            run_dir.parent / run_id,
+            run_dir.name,
+            run_id,
+        )
     for name, df in out.items():
         results.write_table(df, run_dir / name, csv=name == "members")
     return run_dir, out
@@ -415,9 +454,28 @@ def _assembler(plan: Plan, study: optuna.Study, storage: BaseStorage) -> bool:
         return True
 
 
-def work(plan: Plan, progress: bool = False) -> tuple[Path, dict[str, pd.DataFrame]] | None:
+class Pending(NamedTuple):
+    """What a worker that did not assemble the run directory leaves behind (``work``; ``tau_lab.sweep`` with a
+    ``storage`` returns it): the sweep is not complete yet (``complete`` False: ``missing`` chunks are
+    training on other workers, or failed and queued again), or it is, and ``assembled_by`` wrote its run
+    directory (``assemble_only`` / ``tau-lab sweep --assemble`` / ``tau_lab.assemble`` makes a copy here)."""
+
+    study: str  # the Optuna study of the sweep
+    trained: tuple[int, ...]  # the chunks this worker trained
+    missing: tuple[int, ...]  # the chunks not trained yet
+    assembled_by: str | None  # the worker that wrote the run directory, once every chunk is trained
+    run_id: str | None  # the run id the run directory gets (its TensorBoard runs' folder)
+    message: str  # the line the worker logs
+
+    @property
+    def complete(self) -> bool:
+        """Whether every chunk is trained (and the run directory written, by ``assembled_by``)."""
+        return not self.missing
+
+
+def work(plan: Plan, progress: bool = False) -> tuple[Path, dict[str, pd.DataFrame]] | Pending:
     """One worker: claim and train chunks until none is left; then, if every chunk is trained and no other
-    worker has done it, assemble the run directory and return it with its tables (else None, logged why)."""
+    worker has done it, assemble the run directory and return it with its tables (else ``Pending``, logged)."""
     storage = search.open_storage(plan.storage)
     study = open_sweep(plan, storage)
     outputs = optuna.create_study(storage=storage, study_name=plan.outputs_name, load_if_exists=True)
@@ -436,12 +494,15 @@ def work(plan: Plan, progress: bool = False) -> tuple[Path, dict[str, pd.DataFra
         return assemble(plan, study, storage)
     state = Chunks.of(study.get_trials(deepcopy=False), len(plan.populations))
     mine = f"trained chunks {', '.join(map(str, trained))}" if trained else "trained no chunk"
-    if len(state.done) < state.chunks:
-        logger.info("%s; %s: the worker that trains the last one assembles the run", mine, state.describe())
+    attrs = study.user_attrs
+    missing = tuple(c for c in range(state.chunks) if c not in state.done)
+    if missing:
+        message = f"{mine}; {state.describe()}: the worker that trains the last one assembles the run"
     else:
-        by = study.user_attrs["assembled_by"]
-        logger.info("%s; every chunk is trained and %s assembled the run (--assemble makes a copy here)", mine, by)
-    return None
+        by = attrs["assembled_by"]
+        message = f"{mine}; every chunk is trained and {by} assembled the run (--assemble makes a copy here)"
+    logger.info("%s", message)
+    return Pending(plan.study_name, tuple(trained), missing, attrs.get("assembled_by"), attrs.get("run_id"), message)
 
 
 def assemble_only(plan: Plan) -> tuple[Path, dict[str, pd.DataFrame]]:

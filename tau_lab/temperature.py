@@ -137,12 +137,15 @@ class Temperature(nn.Module):
         self.register_buffer("tau_init", tau0)
         self.register_buffer("scheduled", torch.tensor([m in SCHEDULES for m in modes]))
         self.moves = any(m != "fixed" for m in modes)  # a Python flag: a tensor test would sync a GPU
+        # flags rather than `"ctkd" in self.modes` where a compiled block reads them: torch.compile guards on what
+        # the code reads, and the list's every element would tie the graph to this population's order of modes
+        self.has_ctkd, self.has_learnable = "ctkd" in modes, "learnable" in modes
 
     def forward(self, step: int = 0) -> Tensor:
         if not self.moves:
             return self.tau_init
         theta = self.logit_scale
-        if "ctkd" in self.modes:  # the reversal acts on ctkd's θ only: learnable members keep their gradient
+        if self.has_ctkd:  # the reversal acts on ctkd's θ only: learnable members keep their gradient
             theta = _GradientReversal.apply(self.logit_scale, ctkd_lambda(step, self.period))
         scheduled, _ = self.schedule(step, 1)
         return self.tau(self.logit_scale, theta, None if scheduled is None else scheduled[0])
@@ -157,7 +160,7 @@ class Temperature(nn.Module):
             by_mode = [[scheduled_tau(m, s, self.tau_min, self.tau_max, self.period) for m in SCHEDULES] for s in steps]
             column = [SCHEDULES.index(m) if m in SCHEDULES else 0 for m in self.modes]
             scheduled = torch.tensor(by_mode, device=device)[:, column]  # `tau` keeps only the scheduled columns
-        if "ctkd" in self.modes:
+        if self.has_ctkd:
             lam = torch.tensor([ctkd_lambda(s, self.period) for s in steps], device=device)
         return scheduled, lam
 
@@ -168,7 +171,7 @@ class Temperature(nn.Module):
         if not self.moves:
             return self.tau_init
         tau = torch.where(self.clamped, torch.exp(-logit_scale), self.tau_init)
-        if "ctkd" in self.modes:
+        if self.has_ctkd:
             tau = torch.where(self.ctkd, self.tau_min + (self.tau_max - self.tau_min) * torch.sigmoid(theta), tau)
         if scheduled is not None:
             tau = torch.where(self.scheduled, scheduled, tau)
@@ -186,7 +189,7 @@ class Temperature(nn.Module):
         informative (the pull the loss exerts on their τ) and is logged as ``grad_norm_tau``.
         """
         grad = -tau * grad_tau
-        if "ctkd" not in self.modes:
+        if not self.has_ctkd:
             return grad
         dtau = (tau - self.tau_min) * (self.tau_max - tau) / (self.tau_max - self.tau_min)
         lam = ctkd_lambda(step, self.period) if lam is None else lam
@@ -195,7 +198,7 @@ class Temperature(nn.Module):
     @torch.no_grad()
     def clamp_(self) -> None:
         """Clamp learnable members to ``[ln(1/τ_max), ln(1/τ_min)]`` in place (after a step)."""
-        if "learnable" in self.modes:
+        if self.has_learnable:
             self.logit_scale.copy_(self.clamp(self.logit_scale))
 
     def clamp(self, logit_scale: Tensor) -> Tensor:
@@ -203,7 +206,7 @@ class Temperature(nn.Module):
 
         ctkd members are left alone: their sigmoid keeps τ in range whatever θ is.
         """
-        if "learnable" not in self.modes:
+        if not self.has_learnable:
             return logit_scale
         lo, hi = math.log(1.0 / self.tau_max), math.log(1.0 / self.tau_min)
         return torch.where(self.clamped, logit_scale.clamp(lo, hi), logit_scale)

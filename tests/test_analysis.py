@@ -567,3 +567,35 @@ def test_siglip_minus_clip_is_paired_by_seed_by_hand() -> None:
         "learned τ and bias at the end (learnable members)",
     ]
     assert analysis.summary_tables("clip", members[members.objective == "clip"]) == {}
+
+
+def test_held_out_advantage_by_hand() -> None:
+    """Leave one seed out: the best and runner-up are chosen on the other seeds and measured on the left-out one."""
+    from tau_lab.analysis.tables import held_out_advantage
+
+    values = {0.1: [5.0, 1.0, 1.0, 1.0], 0.2: [2.0, 2.0, 2.0, 2.0], 0.5: [0.0, 0.0, 0.0, 3.0]}
+    members = table(values, metric="probe_accuracy")
+    # seed 0 out: means over seeds 1-3 are 1, 2, 1 → best 0.2, runner-up 0.1 (stable order), d = 2 − 5 = −3
+    # seed 1 out: 7/3, 2, 1 → best 0.1, runner-up 0.2, d = 1 − 2 = −1; seed 2 out: the same, d = −1
+    # seed 3 out: 7/3, 2, 0 → best 0.1, runner-up 0.2, d = 1 − 2 = −1
+    d = np.array([-3.0, -1.0, -1.0, -1.0])
+    half = stats.t.ppf(0.975, 3) * d.std(ddof=1) / 2
+    mean, low, high, n = held_out_advantage(members, "probe_accuracy", ["tau_mode", "tau_init"], False)
+    assert n == 4 and (mean, low, high) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    # lower is better on the negated values: the same choices, the same leads
+    negated = members.assign(probe_accuracy=-members["probe_accuracy"])
+    flipped = held_out_advantage(negated, "probe_accuracy", ["tau_mode", "tau_init"], True)
+    assert flipped == pytest.approx((mean, low, high, n))
+    assert np.isnan(held_out_advantage(table({0.1: [1.0, 2.0], 0.2: [2.0, 3.0]}), "uniformity", ["tau_init"], True)[0])
+
+
+def test_the_best_finding_says_whether_the_choice_holds_on_held_out_seeds() -> None:
+    clear = table({0.1: [1.0, 1.1, 1.2, 1.3], 0.5: [2.0, 2.2, 2.1, 2.4]}, metric="probe_accuracy")
+    (sentence,) = [s for s in findings(clear) if "linear-probe" in s]
+    assert "Leaving one seed out (4 seeds" in sentence and ": confirmed on held-out seeds." in sentence
+    noise = table({0.1: [1.0, 3.0, 1.0], 0.5: [2.0, 1.0, 2.5]}, metric="probe_accuracy")
+    (sentence,) = [s for s in findings(noise) if "linear-probe" in s]
+    assert "not confirmed on held-out seeds" in sentence
+    two = table({0.1: [1.0, 1.1], 0.5: [2.0, 2.2]}, metric="probe_accuracy")
+    (sentence,) = [s for s in findings(two) if "linear-probe" in s]
+    assert "Leaving one seed out" not in sentence  # two seeds: no held-out check

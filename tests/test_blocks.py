@@ -113,9 +113,13 @@ def test_schedule_rows_are_the_temperature_of_each_step():
 
 @pytest.mark.compile
 def test_a_compiled_block_matches_the_eager_one_float32():
-    # two populations in one process: the second (other seeds, rates and τ) must not run the first's graph
+    # two populations in one process: the second (other seeds, rates and τ) must not run the first's graph, nor
+    # compile another one (learning rates and τ are the graph's inputs, not constants: a search's trials share it)
     pytest.importorskip("torch._inductor", reason="torch.compile's inductor is not available")
+    from torch._dynamo.utils import counters
+
     base = ["steps=24", "log_every=12", "eval_every=24", "sweep.tau_mode=['fixed', 'learnable']", "block_steps=11"]
+    graphs = []
     for overrides in (
         ["sweep.tau=[0.5, 0.1]", "sweep.seeds=[0]", "optimizer.tau_lr=0.05"],
         ["sweep.tau=[0.3]", "sweep.seeds=[1, 2]", "optimizer.lr=0.01", "optimizer.tau_lr=0.1"],
@@ -124,6 +128,7 @@ def test_a_compiled_block_matches_the_eager_one_float32():
         rows = config.members(experiment)
         eager = engine.train_population(experiment, rows, CPU)
         compiled = engine.train_population(experiment.model_copy(update={"compile": True}), rows, CPU)
+        graphs.append(counters["stats"]["unique_graphs"])
         for name, value in eager["params"].items():
             torch.testing.assert_close(compiled["params"][name], value, rtol=1e-5, atol=1e-6)
         eager_log, compiled_log = eager["log"].frame(), compiled["log"].frame()
@@ -131,3 +136,4 @@ def test_a_compiled_block_matches_the_eager_one_float32():
         torch.testing.assert_close(
             torch.tensor(compiled_log.value.to_numpy()), torch.tensor(eager_log.value.to_numpy()), rtol=1e-4, atol=1e-6
         )
+    assert graphs[1] == graphs[0] > 0

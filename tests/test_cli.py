@@ -257,7 +257,10 @@ def test_help_lists_only_working_commands():
 
 
 def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
-    command = [sys.executable, "-m", "tau_lab", "sweep", "quadrants", "--steps", "1000000", "--quiet"]
+    # one seed and 200,000 steps: long enough to interrupt, while the index stream (O(steps) per seed) builds in
+    # about a second, so a loaded machine does not stretch the start past the wait below
+    command = [sys.executable, "-m", "tau_lab", "sweep", "quadrants", "--steps", "200000", "--set", "sweep.seeds=[0]"]
+    command.append("--quiet")
     process = subprocess.Popen(
         [*command, "--results", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -271,7 +274,7 @@ def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
     (run_dir,) = (tmp_path / "quadrants").iterdir()  # the run, whole; no hidden staging folder left
     assert stderr.strip().splitlines() == [f"interrupted: resume with: tau-lab sweep --resume {run_dir}"]
     assert {"config.toml", "env.json"} <= {p.name for p in run_dir.iterdir()}
-    assert config.load_experiment(str(run_dir / "config.toml"))[0].steps == 1_000_000  # what --resume reads
+    assert config.load_experiment(str(run_dir / "config.toml"))[0].steps == 200_000  # what --resume reads
 
 
 # ``tau-lab`` whose quadrants steps take 50 ms each from step 20 on, touching $MARKER: a window to stop it in

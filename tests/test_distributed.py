@@ -57,10 +57,11 @@ MODULE = {
 }
 POPULATIONS = {
     "clip": lambda: config.load_experiment("digits_clip", CLIP)[0],
+    "clip-siglip": lambda: config.load_experiment("digits_clip", [*CLIP, "sweep.objective=['siglip']"])[0],
     "simclr": lambda: config.load_experiment("digits_simclr", SIMCLR)[0],
     **{
         f"module-{loss}": lambda loss=loss: config.validate({**MODULE, "model": {**MODULE["model"], "loss": loss}}, "t")
-        for loss in ("clip", "nt_xent", "info_nce")
+        for loss in ("clip", "nt_xent", "info_nce", "siglip")
     },
 }
 
@@ -181,6 +182,8 @@ def test_a_population_in_two_processes_trains_as_one_process_with_the_global_bat
     if name != "simclr":  # a learnable τ moved: its gradient is averaged over the processes too
         initial = torch.tensor([-math.log(r["tau_init"]) for r in config.members(POPULATIONS[name]())])
         assert (expected["params"]["logit_scale"] - initial).abs().max() > 1e-4
+    if "siglip" in name:  # SigLIP's bias moved from its −10: its gradient is averaged too
+        assert (expected["params"]["logit_bias"] + 10).abs().min() > 1e-6
 
 
 def test_only_process_zero_writes_the_run(two_processes):
@@ -222,6 +225,40 @@ def test_the_mean_of_the_local_losses_over_shards_is_the_full_batch_loss(process
     whole = losses.clip_loss_rows(u, v, u, v, tau[:1].expand(3), 0, exclude)
     torch.testing.assert_close(torch.stack(masked).mean(0), whole, rtol=1e-13, atol=1e-13)
     assert (whole - clip.mean(0)).abs().min() > 1e-3  # the exclusions changed the loss
+
+
+def test_siglip_of_the_rows_is_siglip_of_the_full_batch_with_its_gradients_float64():
+    g = torch.Generator().manual_seed(2)
+    u, v = torch.randn(2, 3, 8, 4, generator=g, dtype=torch.float64)  # [K, B, D]
+    tau = torch.tensor([0.05, 0.3, 1.0], dtype=torch.float64)
+    bias = torch.tensor([-10.0, -2.0, 0.5], dtype=torch.float64)
+    exclude = torch.rand(3, 8, 8, generator=g) < 0.3
+    exclude &= ~torch.eye(8, dtype=torch.bool)
+
+    def value_and_grads(loss_fn) -> list[torch.Tensor]:
+        inputs = [x.clone().requires_grad_() for x in (u, v, tau, bias)]
+        loss = loss_fn(*inputs)
+        return [loss.detach(), *torch.autograd.grad(loss.sum(), inputs)]
+
+    def shards(processes: int, mask: torch.Tensor | None):
+        b = 8 // processes
+        return lambda x, y, t, c: torch.stack(
+            [losses.siglip_loss_rows(x[:, r * b : (r + 1) * b], y, t, c, r * b, mask) for r in range(processes)]
+        ).mean(0)  # what distributed.average makes of the processes' losses
+
+    full = value_and_grads(losses.siglip_loss)
+    for name, got in {
+        "one shard": value_and_grads(shards(1, None)),
+        "2 shards": value_and_grads(shards(2, None)),
+        "4 shards": value_and_grads(shards(4, None)),
+    }.items():
+        for part, a, e in zip(["loss", "image", "text", "tau", "bias"], got, full, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-13, atol=1e-13, msg=f"{name}: {part}")
+    masked = value_and_grads(shards(1, exclude))
+    for processes in (2, 4):
+        for a, e in zip(value_and_grads(shards(processes, exclude)), masked, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-13, atol=1e-13)
+    assert (masked[0] - full[0]).abs().min() > 1e-6  # the exclusions changed the loss
 
 
 @pytest.mark.parametrize(

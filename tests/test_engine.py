@@ -12,7 +12,7 @@ from conftest import default_float64
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tau_lab import config, engine, results
+from tau_lab import config, engine, metrics, results
 from tau_lab.tasks.quadrants import Quadrants, train_reference
 
 CPU = torch.device("cpu")
@@ -33,6 +33,7 @@ def _relative(a: torch.Tensor, b: torch.Tensor) -> float:
     [
         [],  # the seed's SGD, lr 3e-4
         ["optimizer.name='adamw'", "optimizer.lr=0.01", "optimizer.weight_decay=0.1", "optimizer.tau_lr=0.05"],
+        ["model.gradients='autograd'", "optimizer.name='adamw'", "optimizer.lr=0.01", "optimizer.tau_lr=0.05"],
     ],
 )
 def test_member_reproduces_standalone_training_float64(float64, overrides):
@@ -224,3 +225,32 @@ def test_autograd_step_gradients_are_the_closed_form_float64():
         torch.testing.assert_close(out.grads["unused"], torch.zeros(3, 2), rtol=0, atol=0)
         torch.testing.assert_close(out.grad_tau, -loss / tau, rtol=1e-13, atol=0)
         torch.testing.assert_close(out.sims, s, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_evaluate_equals_the_metrics_over_gathered_pairs(dtype):
+    # Quadrants.evaluate reads every pair from one cosine matrix; the metrics' own definitions gather each pair's
+    # rows. Random weights (some members near collapse: a tiny w2 makes every embedding nearly the same).
+    exp, _ = config.load_experiment("quadrants", ["steps=1", "sweep.seeds=[0, 1]"])
+    rows = config.members(exp)
+    task = Quadrants(exp, rows, CPU)
+    g = torch.Generator().manual_seed(3)
+    params = {k: torch.randn(v.shape, generator=g, dtype=torch.float64).to(dtype) for k, v in task.params.items()}
+    params["w2"][0] *= 1e-3
+    task.points = task.points.to(dtype)
+    got = task.evaluate(params)
+    f = task.embed(params)
+    i, j = torch.triu_indices(len(task.labels), len(task.labels), offset=1)
+    same = task.labels[i] == task.labels[j]
+    fn = F.normalize(f, dim=-1)
+    expected = {
+        "alignment": metrics.alignment(f[:, i[same]], f[:, j[same]]),
+        "uniformity": metrics.uniformity(f),
+        "tolerance": metrics.tolerance(f, task.labels),
+        "cross_similarity": (fn[:, i[~same]] * fn[:, j[~same]]).sum(-1).mean(-1),
+    }
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert got.keys() == expected.keys()
+    for name, value in expected.items():
+        assert got[name].dtype == dtype
+        torch.testing.assert_close(got[name], value, rtol=tol, atol=tol, msg=name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
@@ -97,6 +98,26 @@ def test_findings_count_diverged_members() -> None:
     summary = report.summary(members)
     assert summary[["members", "diverged"]].values.tolist() == [[2, 1], [2, 0]]
     assert summary["uniformity"].tolist() == ["-3.000", "-1.100 ± 0.141"]
+
+
+def test_the_members_table_never_pools_a_grid_axis() -> None:
+    """Two caption-noise levels × 2 seeds: a row per level, each sd over its own seeds (was pooled over both)."""
+    members = pd.DataFrame(
+        {
+            "member": range(4),
+            "tau_mode": ["fixed"] * 4,
+            "tau_init": [0.1] * 4,
+            "caption_noise": [0.0, 0.3, 0.0, 0.3],
+            "seed": [0, 0, 1, 1],
+            "status": ["ok"] * 4,
+            "diverged_step": pd.array([None] * 4, dtype="Int64"),
+            "uniformity": [-3.0, -1.0, -3.2, -1.4],
+        }
+    )
+    summary = report.summary(members)
+    assert summary["caption_noise"].tolist() == ["0", "0.3"] and summary["members"].tolist() == [2, 2]
+    sd = np.std([-3.0, -3.2], ddof=1), np.std([-1.0, -1.4], ddof=1)
+    assert summary["uniformity"].tolist() == [f"-3.100 ± {sd[0]:.3f}", f"-1.200 ± {sd[1]:.3f}"]
 
 
 def test_not_a_run_directory(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""tau-lab sweep --storage: workers that share a sweep's populations through an Optuna study."""
+"""tau-lab sweep --storage: workers that share a sweep's populations through an Optuna study, from the command
+line and from Python (``tau_lab.sweep(..., storage=...)``), with their TensorBoard series in one run's folder."""
 
 from __future__ import annotations
 
@@ -14,9 +15,12 @@ import optuna
 import pandas as pd
 import pytest
 from optuna.trial import TrialState
+from test_tensorboard import _assert_matches
 from typer.testing import CliRunner
 
+import tau_lab
 from tau_lab import cli, config, engine, scaleout, search
+from tau_lab.errors import UserError
 from tau_lab.tasks import TASKS
 
 GRID = ["steps=20", "log_every=10", "eval_every=10", "sweep.tau=[0.5,0.05]", "sweep.seeds=[0,1]"]  # 2 τ × 2 modes × 2
@@ -31,9 +35,18 @@ def budget_for(members: int) -> float:
 OVERRIDES = [*GRID, f"memory_budget_mb={budget_for(2)}"]  # 8 members in 4 populations of 2
 
 
-def make_plan(tmp_path: Path, *extra: str) -> scaleout.Plan:
+def make_plan(tmp_path: Path, *extra: str, tensorboard: Path | None = None) -> scaleout.Plan:
     spec, _ = config.load_experiment("quadrants", [*OVERRIDES, *extra])
-    return scaleout.plan(spec, str(tmp_path / "journal.log"), tmp_path / "results")
+    return scaleout.plan(spec, str(tmp_path / "journal.log"), tmp_path / "results", tensorboard)
+
+
+def assert_tensorboard_matches(logdir: Path, run_dir: Path) -> None:
+    """One event file per member under ``logdir`` (each member trained once), read back equal to the run's
+    metrics table, with the member's grid values as hparams."""
+    members = pd.read_parquet(run_dir / "members.parquet")
+    for member in members.member:
+        assert len(list((logdir / f"member-{member}").glob("events.out.tfevents.*"))) == 1
+    _assert_matches(logdir, pd.read_parquet(run_dir / "metrics.parquet"), members)
 
 
 def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
@@ -55,7 +68,7 @@ def test_two_workers_train_disjoint_chunks_and_assemble_the_tables_of_one_sweep(
     plan = make_plan(tmp_path)
     storage = search.open_storage(plan.storage)
     study = scaleout.open_sweep(plan, storage)
-    command = [sys.executable, "-m", "tau_lab", *sweep_args(tmp_path)]
+    command = [sys.executable, "-m", "tau_lab", *sweep_args(tmp_path), "--tensorboard", str(tmp_path / "tb")]
     env = os.environ | {"OMP_NUM_THREADS": "1"}  # the tests' one thread (conftest): equal sums, equal bits
     # both workers join before either claims: the study's lock is held until they have
     with search.study_lock(plan.study_name, plan.storage, storage):
@@ -93,6 +106,46 @@ def test_two_workers_train_disjoint_chunks_and_assemble_the_tables_of_one_sweep(
         assembled, alone = (pd.read_parquet(d / f"{name}.parquet") for d in (run_dir, single))
         pd.testing.assert_frame_equal(assembled, alone, check_exact=True)
     assert (run_dir / "members.csv").read_text() == (single / "members.csv").read_text()
+    # both workers wrote the members they trained into the one folder of the run they assembled
+    assert run_dir.name == study.user_attrs["run_id"]
+    assert [p.name for p in (tmp_path / "tb" / "quadrants").iterdir()] == [run_dir.name]
+    assert_tensorboard_matches(tmp_path / "tb" / "quadrants" / run_dir.name, run_dir)
+
+
+def test_the_python_api_is_a_worker_that_returns_the_tables_when_it_completes_the_sweep(tmp_path):
+    journal, results, tb = str(tmp_path / "journal.log"), tmp_path / "results", tmp_path / "tb"
+    plan = make_plan(tmp_path, tensorboard=tb)
+    storage = search.open_storage(plan.storage)
+    study = scaleout.open_sweep(plan, storage)
+    outputs = optuna.create_study(storage=storage, study_name=plan.outputs_name)
+    held = scaleout.claim(plan, study, storage)  # another worker's chunk, claimed by this live process
+    kwargs = {"overrides": OVERRIDES, "results": results, "storage": journal, "tensorboard": tb}
+
+    first = tau_lab.sweep("quadrants", **kwargs)  # trains the three other chunks; one is missing
+    assert isinstance(first, tau_lab.SweepPending) and not first.complete
+    others = [c for c in range(4) if c != held.params["chunk"]]
+    assert (first.study, sorted(first.trained), first.missing) == (plan.study_name, others, (held.params["chunk"],))
+    assert first.assembled_by is None and first.run_id == study.user_attrs["run_id"]
+    assert "the worker that trains the last one assembles the run" in first.message
+    assert not list(results.glob("quadrants/2*"))  # no run directory yet
+    with pytest.raises(UserError, match=f"chunks {held.params['chunk']} of 4 are not trained"):
+        tau_lab.assemble("quadrants", storage=journal, overrides=OVERRIDES, results=results)
+
+    assert scaleout.train_chunk(plan, study, outputs, held)  # the other worker finishes its chunk
+    second = tau_lab.sweep("quadrants", **kwargs)  # nothing left to train: this call assembles
+    assert isinstance(second, tau_lab.SweepResult) and second.run_dir.name == first.run_id
+    plain = tau_lab.sweep("quadrants", overrides=OVERRIDES, results=tmp_path / "plain")
+    for name in ("members", "metrics", "embeddings"):
+        pd.testing.assert_frame_equal(getattr(second, name), getattr(plain, name), check_exact=True)
+    assert_tensorboard_matches(tb / "quadrants" / first.run_id, second.run_dir)
+
+    third = tau_lab.sweep("quadrants", **kwargs)  # complete, and assembled by the call before
+    assert isinstance(third, tau_lab.SweepPending) and third.complete
+    assert third.trained == third.missing == () and third.assembled_by == search.worker_id()
+    copy = tau_lab.assemble("quadrants", storage=journal, overrides=OVERRIDES, results=results)
+    assert copy.run_dir != second.run_dir  # the run id is taken here: the copy gets another
+    for name in ("members", "metrics", "embeddings"):
+        pd.testing.assert_frame_equal(getattr(copy, name), getattr(plain, name), check_exact=True)
 
 
 def test_a_worker_of_another_configuration_is_refused(tmp_path):
@@ -217,9 +270,10 @@ def test_ctrl_c_in_a_worker_prints_the_command_that_continues(tmp_path, monkeypa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(scaleout, "work", interrupted)
-    result = CliRunner().invoke(cli.app, sweep_args(tmp_path, "steps=30"))
+    result = CliRunner().invoke(cli.app, [*sweep_args(tmp_path, "steps=30"), "--tensorboard", str(tmp_path / "tb")])
     assert result.exit_code == 130
     (line,) = result.output.splitlines()
     again = line.removeprefix("interrupted: resume with: ").split()
     assert again[:5] == ["tau-lab", "sweep", "quadrants", "--storage", str(tmp_path / "journal.log")]
-    assert again[-2:] == ["--set", "steps=30"] and "memory_budget_mb=" + str(budget_for(2)) in again
+    assert again[-4:] == ["--set", "steps=30", "--tensorboard", str(tmp_path / "tb")]
+    assert "memory_budget_mb=" + str(budget_for(2)) in again

@@ -62,7 +62,8 @@ def _assert_matches(logdir: Path, metrics: pd.DataFrame, members: pd.DataFrame) 
 
 def test_sweep_writes_every_members_series_equal_to_the_metrics_table(tmp_path):
     # a memory budget of two members per chunk: two populations, each closing its writers when it ends
-    args = [arg for item in [*SMALL, "memory_budget_mb=0.00123"] for arg in ("--set", item)]
+    budget = 2.5 * Quadrants.member_bytes(config.load_experiment("quadrants", SMALL)[0]) / 2**20
+    args = [arg for item in [*SMALL, f"memory_budget_mb={budget}"] for arg in ("--set", item)]
     result = _run(
         "sweep", "quadrants", *args, "--results", str(tmp_path / "r"), "--tensorboard", str(tmp_path / "tb"), "--quiet"
     )

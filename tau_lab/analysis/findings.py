@@ -3,6 +3,8 @@
 - a "best" setting is compared with every other one by paired differences over seeds (members of one
   seed share initial weights and data order): the mean difference and its 95% t-interval; an interval
   that covers 0 is reported as "not distinguishable", and a best at the edge of the τ grid is flagged;
+- a best is picked on the seeds that measure its lead, which flatters it (the winner's curse): from three
+  seeds up, its lead is also measured leaving one seed out (``held_out_advantage``);
 - with a single seed no interval is possible, and no setting is called best;
 - trends describe the curve's shape over τ (an interior minimum or maximum, where), not only its ends;
 - "gradients vanished" is judged over a window of logged steps, not from the last batch;
@@ -21,7 +23,15 @@ import numpy as np
 import pandas as pd
 
 from tau_lab.analysis import distill, headline
-from tau_lab.analysis.tables import compare_to_best, finished, grid_axes, over_seeds, paired_interval, shape
+from tau_lab.analysis.tables import (
+    compare_to_best,
+    finished,
+    grid_axes,
+    held_out_advantage,
+    over_seeds,
+    paired_interval,
+    shape,
+)
 
 LEVEL = 0.95  # of the paired t-intervals
 VANISHED = 1e-6  # a gradient norm below this at every step of the window: the member has stopped learning
@@ -205,7 +215,19 @@ def best_finding(
     )
     rest = paired_sentence(table.drop(ties.index), by, final, symbol)
     edge = "" if len(ties) else _edge(part, best, symbol)
-    return f"{head}{_tie_text(ties, by, final, symbol)} {rest}{edge}"
+    return f"{head}{_tie_text(ties, by, final, symbol)} {rest}{_held_out_text(part, metric, by, lower)}{edge}"
+
+
+def _held_out_text(part: pd.DataFrame, metric: str, by: list[str], lower: bool) -> str:
+    """The best's lead on seeds it was not chosen on (``held_out_advantage``), from three seeds up."""
+    mean, low, high, n = held_out_advantage(part, metric, by, lower, LEVEL)
+    if n < 3:
+        return ""
+    verdict = "not confirmed on held-out seeds" if low <= 0 else "confirmed on held-out seeds"
+    return (
+        f" Leaving one seed out ({n} seeds: best and runner-up chosen on the others, measured on it), the best's "
+        f"lead is {mean:+.3f} [{low:+.3f}, {high:+.3f}] (> 0 favours the best): {verdict}."
+    )
 
 
 def _interval_text(mean: float, low: float, high: float, pairs: int) -> str:

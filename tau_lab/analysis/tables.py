@@ -123,6 +123,31 @@ def compare_to_best(
     return table
 
 
+def held_out_advantage(
+    members: pd.DataFrame, metric: str, by: Sequence[str], lower_is_better: bool, level: float = 0.95
+) -> tuple[float, float, float, int]:
+    """How far the best setting leads on a seed it was not chosen on: leave one seed out.
+
+    ``compare_to_best`` picks the best on the same seeds that then measure its lead, so its Δ leans in the
+    best's favour (the winner's curse). Here, for each seed ``s`` in turn, the best and the runner-up are
+    the settings with the best and second-best mean over the other seeds, and
+    ``d_s = m_s(best₋ₛ) − m_s(runner-up₋ₛ)`` (sign flipped when lower is better, so ``d_s > 0`` means the
+    choice held on ``s``). Returns ``paired_interval``'s ``(mean, low, high, n)`` of the ``d_s``, over the
+    seeds every setting finished; NaNs and ``n = 0`` with fewer than 3 such seeds or 2 settings.
+    """
+    ok = finished(members)
+    ok = ok[np.isfinite(ok[metric].astype(float))]
+    grid = ok.groupby([*by, "seed"])[metric].mean().unstack("seed").dropna(axis=1)  # [settings, seeds]
+    if grid.shape[0] < 2 or grid.shape[1] < 3:
+        return math.nan, math.nan, math.nan, 0
+    sign = -1.0 if lower_is_better else 1.0
+    chosen, runner_up = {}, {}
+    for seed in grid.columns:
+        rest = (sign * grid.drop(columns=seed)).mean(axis=1).sort_values(ascending=False, kind="stable")
+        chosen[seed], runner_up[seed] = (sign * grid.loc[rest.index[i], seed] for i in (0, 1))
+    return paired_interval(pd.Series(chosen), pd.Series(runner_up), level)
+
+
 def paired_difference(
     members: pd.DataFrame, axis: str, a: object, b: object, by: Sequence[str], metric: str, level: float = 0.95
 ) -> pd.DataFrame:

@@ -48,7 +48,6 @@ from torch import Tensor, nn
 
 from tau_lab import distributed, losses, metrics
 from tau_lab.data import captions
-from tau_lab.errors import UserError
 from tau_lab.tasks import contrastive, reference
 from tau_lab.tasks.base import Schema, StepResult, autograd_step
 from tau_lab.tasks.mlp import init_population, linear, mlp, mlp_module, seeded
@@ -114,26 +113,6 @@ def encode_text(params: dict[str, Tensor], bags: Tensor) -> Tensor:
     return linear(torch.bmm(bags, params["text.weight"]), params["text_projection.weight"])
 
 
-def siglip_loss_excluding(image: Tensor, text: Tensor, tau: Tensor, bias: Tensor, exclude: Tensor) -> Tensor:
-    """SigLIP's pairwise sigmoid loss with some pairs left out of the sum: ``[K]``.
-
-    With ``ℓ_ij = û_i·v̂_j / τ + b`` and ``z_ij = +1`` on the diagonal, ``−1`` elsewhere,
-
-        L = −(1/B) Σ_{(i,j) ∉ E} log σ(z_ij ℓ_ij),
-
-    ``losses.siglip_loss`` when ``E`` is empty (the divisor stays B: a left-out pair contributes 0).
-
-    Args:
-        image, text: ``[K, B, D]``, paired row by row.
-        tau, bias: ``[K]``.
-        exclude: ``[K, B, B]`` bool, pairs left out of the sum; the diagonal must be ``False``.
-    """
-    u, v = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
-    logits = u @ v.transpose(1, 2) / tau[:, None, None] + bias[:, None, None]
-    signs = 2 * torch.eye(logits.shape[-1], dtype=logits.dtype, device=logits.device) - 1
-    return -F.logsigmoid(signs * logits).masked_fill(exclude, 0.0).sum((1, 2)) / logits.shape[-1]
-
-
 class Batch(NamedTuple):
     """A step's inputs for every member."""
 
@@ -161,10 +140,6 @@ class CLIP(contrastive.ContrastiveTask):
         self.masks_negatives = any(m["mask_false_negatives"] for m in members)
         self.losses = [m["objective"] for m in members]
         self.siglip = torch.tensor([loss == "siglip" for loss in self.losses], device=device)  # [K]
-        if "siglip" in self.losses and distributed.torchrun_processes() > 1:
-            raise UserError(
-                "sweep.objective = 'siglip' does not gather its negatives over processes yet: run it without torchrun"
-            )
         g = torch.Generator(device).manual_seed(self.data.split_seed)
         test = captions.draw_captions(len(self.test_y), g)
         self.test_bags = self.bags[test.template, self.test_y, test.synonym]  # [N_test, V]
@@ -203,11 +178,11 @@ class CLIP(contrastive.ContrastiveTask):
         each image's own caption first, ``[K, b, B]``, for the hardness metrics.
 
         This process's ``b`` rows are embedded, the embeddings of the whole batch gathered
-        (``distributed.gather``; the rows themselves in one process), and the CLIP loss is that of the rows
-        against the whole batch (``losses.clip_loss_rows``), averaged over processes (``distributed.average``).
-        SigLIP runs in one process only (refused under torchrun), where the rows are the batch.
-        Members with ``mask_false_negatives`` leave the batch's same-digit pairs out of the loss
-        (``clip_loss_rows``'s ``exclude``, ``siglip_loss_excluding``); for the others nothing is excluded.
+        (``distributed.gather``; the rows themselves in one process), and the loss is that of the rows against
+        the whole batch (``losses.clip_loss_rows``; ``losses.siglip_loss_rows``: the rows' images against every
+        caption), averaged over processes (``distributed.average``), which makes it the full batch's loss.
+        Members with ``mask_false_negatives`` leave the batch's same-digit pairs out of the loss (the
+        ``exclude`` of both); for the others nothing is excluded.
 
         A population that mixes the losses computes both for every member and keeps each member's own with
         ``torch.where``, rather than splitting the members by index: the extra work is the B × B elementwise
@@ -228,11 +203,12 @@ class CLIP(contrastive.ContrastiveTask):
             u_all, v_all = distributed.gather(u, 1), distributed.gather(v, 1)  # [K, B, D]
             sims = self.similarities(u, v_all, self.local_columns)
             if uses == {"siglip"}:
-                return siglip_loss_excluding(u, v, t, p["logit_bias"], exclude), sims
+                return losses.siglip_loss_rows(u, v_all, t, p["logit_bias"], self.rows.start, exclude), sims
             clip = losses.clip_loss_rows(u, v, u_all, v_all, t, self.rows.start, clip_exclude)
             if uses == {"clip"}:
                 return clip, sims
-            return torch.where(self.siglip, siglip_loss_excluding(u, v, t, p["logit_bias"], exclude), clip), sims
+            siglip = losses.siglip_loss_rows(u, v_all, t, p["logit_bias"], self.rows.start, exclude)
+            return torch.where(self.siglip, siglip, clip), sims
 
         return distributed.average(autograd_step(loss_fn, params, tau))
 

@@ -197,10 +197,6 @@ class ModuleTask(contrastive.ContrastiveTask):
         modules = [build(s).to(device, dtype) for s in self.seeds]
         stacked = stack_modules(modules, {name: name for name, _ in modules[0].named_parameters()})
         self.params = {name: p[self.seed_row].contiguous() for name, p in stacked.items()}
-        if self.loss == "siglip" and distributed.torchrun_processes() > 1:
-            raise UserError(
-                "model.loss = 'siglip' does not gather its negatives over processes yet: run it without torchrun"
-            )
         self.module = copy.deepcopy(modules[0]).to("meta")  # the definition; weights come from params
         self.columns = losses.positive_first(self.batch_size, views=False, device=device)
         self.split_rows()
@@ -220,8 +216,9 @@ class ModuleTask(contrastive.ContrastiveTask):
 
         This process's ``b`` pairs are embedded and the whole batch's embeddings gathered
         (``distributed.gather``; in one process the rows are the batch): the loss is that of the rows against
-        the whole batch (``clip_loss_rows``, ``nt_xent_rows``, or ``info_nce`` of u against every v with the
-        partner's global index as target), averaged over processes (``distributed.average``).
+        the whole batch (``clip_loss_rows``, ``nt_xent_rows``, ``siglip_loss_rows`` of the rows' u against every
+        v, or ``info_nce`` of u against every v with the partner's global index as target), averaged over
+        processes (``distributed.average``): the full batch's loss.
         """
         a, b = (x[:, self.rows] for x in batch)
         offset = self.rows.start
@@ -234,8 +231,8 @@ class ModuleTask(contrastive.ContrastiveTask):
                 return losses.clip_loss_rows(u, v, u_all, v_all, t, offset), sims
             if self.loss == "nt_xent":
                 return losses.nt_xent_rows(u, v, u_all, v_all, t, offset), sims
-            if self.loss == "siglip":  # one process (refused under torchrun): the rows are the batch
-                return losses.siglip_loss(u, v, t, p[BIAS]), sims
+            if self.loss == "siglip":
+                return losses.siglip_loss_rows(u, v_all, t, p[BIAS], offset), sims
             target = torch.arange(offset, offset + u.shape[1], device=u.device)
             return losses.info_nce(u, v_all, t, target=target), sims
 
@@ -265,12 +262,13 @@ class ModuleTask(contrastive.ContrastiveTask):
 
     @staticmethod
     def member_bytes(experiment: Any) -> int:
-        """Parameters with their optimizer state, and a rough activation budget: 64 numbers per input number
-        of one batch (a conv net keeps several feature maps per input pixel alive for the backward pass)."""
+        """Parameters with their optimizer state, a rough activation budget: 64 numbers per input number
+        of one batch (a conv net keeps several feature maps per input pixel alive for the backward pass), and the
+        ``block_steps`` batches a block of steps holds stacked."""
         a, b, _ = load_data(experiment.data)
-        per_pair = a[0].numel() + b[0].numel()
+        per_batch = experiment.data.batch_size * (a[0].numel() + b[0].numel())
         module = build_module(experiment.model, 0)
-        return contrastive.member_bytes(module, 64 * experiment.data.batch_size * per_pair)
+        return contrastive.member_bytes(module, (64 + experiment.block_steps) * per_batch)
 
 
 def paired_reference(

@@ -117,13 +117,16 @@ class PairsTask(ModuleTask):
 
     @staticmethod
     def member_bytes(experiment: Any) -> int:
-        """Parameters and optimizer state, and the larger of the step's activations (about three copies of the
-        inputs and the heads' outputs, four of the B × B similarities) and the evaluation's (every pair)."""
+        """Parameters and optimizer state, the larger of the step's activations (about three copies of the
+        inputs and the heads' outputs, four of the B × B similarities) and the evaluation's (every pair), and the
+        ``block_steps`` batches of inputs a block of steps holds stacked."""
         pairs = read(experiment.data.path)
         m, b = experiment.model, experiment.data.batch_size
-        width = pairs.a.shape[1] + pairs.b.shape[1] + 2 * (m.hidden + m.dim)
+        inputs = pairs.a.shape[1] + pairs.b.shape[1]
+        width = inputs + 2 * (m.hidden + m.dim)
         heads = Heads(pairs.a.shape[1], pairs.b.shape[1], m.hidden, m.dim)
-        return contrastive.member_bytes(heads, max(3 * b * width + 4 * b * b, len(pairs.a) * width))
+        block = experiment.block_steps * b * inputs
+        return contrastive.member_bytes(heads, max(3 * b * width + 4 * b * b, len(pairs.a) * width) + block)
 
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:

@@ -12,18 +12,37 @@ of the step.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from tau_lab import metrics
+from tau_lab.losses import compute_dtype
 from tau_lab.tasks import reference
-from tau_lab.tasks.base import Schema, StepResult, Sweep, TaskBase, member_seeds, stack_modules
+from tau_lab.tasks.base import Schema, StepResult, Sweep, TaskBase, autograd_step, member_seeds, stack_modules
 
 COS_EPS = 1e-8  # F.cosine_similarity's eps
+UNIFORMITY_T = 2.0  # metrics.uniformity's t
+
+
+class Pairs(NamedTuple):
+    """The distinct pairs ``i < j`` of ``N`` labelled points, for ``Quadrants.evaluate``: ``flat`` (``[P]``, the
+    flat index ``i N + j`` of each pair), ``same`` (the ``i`` and ``j`` of the same-label pairs), and the
+    weights ``[P]`` that average over the same-label and the cross-label pairs."""
+
+    flat: Tensor
+    same: tuple[Tensor, Tensor]
+    same_mean: Tensor
+    cross_mean: Tensor
+
+    @classmethod
+    def of(cls, labels: Tensor) -> Pairs:
+        i, j = torch.triu_indices(len(labels), len(labels), offset=1, device=labels.device)
+        same = labels[i] == labels[j]
+        same_mean, cross_mean = same.double() / same.sum(), (~same).double() / (~same).sum()  # cast per call
+        return cls(i * len(labels) + j, (i[same], j[same]), same_mean, cross_mean)
 
 
 class Data(Schema):
@@ -34,6 +53,11 @@ class Data(Schema):
 
 class Model(Schema):
     hidden: int = Field(10, ge=1)
+    gradients: Literal["closed_form", "autograd"] = Field(
+        "closed_form",
+        description="the step's gradients: written out (Quadrants.step) or by torch.func over the nn.Module "
+        "(vmap of functional_call, as every module task computes them); the same numbers, at another speed",
+    )
 
 
 def make_points(data: Data) -> tuple[Tensor, Tensor]:
@@ -76,8 +100,13 @@ class Quadrants(TaskBase):
     def __init__(self, experiment: Any, members: list[dict[str, Any]], device: torch.device) -> None:
         self.data, hidden = experiment.data, experiment.model.hidden
         self.points, self.labels = (t.to(device) for t in make_points(self.data))
+        self._pairs = Pairs.of(self.labels)
         seeds, self.seed_row = member_seeds(members, device)
-        stacked = stack_modules([make_encoder(s, hidden) for s in seeds], {"0.weight": "w1", "1.weight": "w2"})
+        encoders = [make_encoder(s, hidden) for s in seeds]
+        stacked = stack_modules(encoders, {"0.weight": "w1", "1.weight": "w2"})
+        self.module = encoders[0].to("meta")  # the definition (gradients = "autograd"); weights come from params
+        if experiment.model.gradients == "autograd":
+            self.step = self.autograd_step  # type: ignore[method-assign]
         self.params = {k: v.to(device)[self.seed_row].contiguous() for k, v in stacked.items()}
         # [steps + 1, seeds, 2 + negatives], step-major; the last batch measures the final loss
         self.index = torch.stack([draw_indices(s, experiment.steps + 1, self.data) for s in seeds], 1).to(device)
@@ -100,9 +129,12 @@ class Quadrants(TaskBase):
         ``∂L/∂e = (∂L/∂n − n (n·∂L/∂n)) / |e|``; ``∂L/∂o = ∂L/∂e ⊙ (1 − e²)``;
         ``∂L/∂W₂ = (∂L/∂o)ᵀ h``; ``∂L/∂W₁ = (∂L/∂o W₂)ᵀ x``; ``∂L/∂τ = −Σ_j δ_j s_j / τ``.
         """
-        # torch.bmm rather than @: every tensor is [K, ., .], and @ adds expand/reshape calls per product
+        # torch.bmm rather than @: every tensor is [K, ., .], and @ adds expand/reshape calls per product; but a
+        # product over the 2 input or output coordinates is written out as 2 terms: MKL's batched GEMM with an
+        # inner size of 2 was the slowest op of a K = 1000 step (docs/benchmarks.md). Not addcmul for x W₁ᵀ: its
+        # fused rounding moved float32 members further from the autograd reference
         w1, w2 = params["w1"], params["w2"]
-        h = torch.bmm(x, w1.transpose(1, 2))  # [K, B, hidden]
+        h = x[..., 0:1] * w1[:, None, :, 0] + x[..., 1:2] * w1[:, None, :, 1]  # x W₁ᵀ: [K, B, hidden]
         e = torch.tanh(torch.bmm(h, w2.transpose(1, 2)))  # [K, B, 2]
         r = e.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
         n = e / r
@@ -116,9 +148,28 @@ class Quadrants(TaskBase):
         dn = torch.cat([torch.bmm(ds.unsqueeze(1), n[:, 1:]), ds.unsqueeze(-1) * n[:, 0:1]], dim=1)
         de = (dn - n * (n * dn).sum(-1, keepdim=True)) / r
         do = de * (1 - e * e)
-        grads = {"w2": torch.bmm(do.transpose(1, 2), h), "w1": torch.bmm(torch.bmm(do, w2).transpose(1, 2), x)}
+        dh = torch.addcmul(do[..., 0:1] * w2[:, None, 0], do[..., 1:2], w2[:, None, 1])  # ∂L/∂o W₂: [K, B, hidden]
+        grads = {"w2": torch.bmm(do.transpose(1, 2), h), "w1": torch.bmm(dh.transpose(1, 2), x)}
         grad_tau = -(dlogits * s).sum(-1) / tau**2
         return StepResult(loss, grads, grad_tau, s)
+
+    def autograd_step(self, params: dict[str, Tensor], tau: Tensor, x: Tensor) -> StepResult:
+        """``step`` the way the engine trains any ``nn.Module`` (``tau_lab.tasks.module``): each member's loss
+        written for one member, ``vmap`` of ``functional_call`` over the stacked weights, gradients by
+        ``torch.func.grad`` (``autograd_step``). Same arguments and results as ``step``."""
+
+        def member(w1: Tensor, w2: Tensor, x: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
+            e = torch.func.functional_call(self.module, {"0.weight": w1, "1.weight": w2}, (x,))  # [B, 2]
+            n = e / e.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
+            s = n[1:] @ n[0]  # [1 + negatives]: the positive first
+            # −log softmax, as cross-entropy computes it: its gradient softmax − onehot is formed in one place (a
+            # logsumexp minus s₀/τ forms it as the difference of two terms of size 1/τ: float64 drifted at τ = 0.001)
+            return -F.log_softmax(s / tau, dim=0)[0], s
+
+        def loss_fn(p: dict[str, Tensor], t: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.func.vmap(member)(p["w1"], p["w2"], x, t)
+
+        return autograd_step(loss_fn, params, tau)
 
     def embed(self, params: dict[str, Tensor]) -> Tensor:
         """All points through every member's encoder, ``[K, N, 2]``."""
@@ -126,22 +177,37 @@ class Quadrants(TaskBase):
 
     def evaluate(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         """On all points: alignment of same-quadrant pairs, uniformity, tolerance (mean cosine of
-        same-quadrant pairs) and the mean cosine of cross-quadrant pairs. Each ``[K]``."""
+        same-quadrant pairs) and the mean cosine of cross-quadrant pairs. Each ``[K]``.
+
+        The same values as ``metrics.alignment``, ``uniformity`` and ``tolerance`` over the distinct pairs, from
+        one cosine matrix ``c = n nᵀ`` of the unit rows ``n`` instead of a gather of each pair's rows per
+        metric (the gathers were most of a K = 1000 run): on unit rows ``|n_i − n_j|² = 2 − 2 c_ij``, so
+        uniformity is ``log mean_{i<j} exp(−t (2 − 2 c_ij))`` (t = 2; the exponent lies in [−8, 0]: no
+        log-sum-exp shift needed). Alignment keeps its differences ``|n_i − n_j|²``: ``2 − 2c`` cancels where a quadrant
+        collapses, and alignment then is small.
+        """
         f = self.embed(params)
-        i, j = torch.triu_indices(len(self.labels), len(self.labels), offset=1, device=f.device)
-        same = self.labels[i] == self.labels[j]
-        fn = F.normalize(f, dim=-1)
+        n = F.normalize(f.to(compute_dtype(f)), dim=-1)
+        k = len(n)
+        cos = torch.bmm(n, n.transpose(1, 2)).reshape(k, -1).index_select(1, self._pairs.flat)  # [K, pairs]
+        i, j = self._pairs.same
         return {
-            "alignment": metrics.alignment(f[:, i[same]], f[:, j[same]]),
-            "uniformity": metrics.uniformity(f),
-            "tolerance": metrics.tolerance(f, self.labels),
-            "cross_similarity": (fn[:, i[~same]] * fn[:, j[~same]]).sum(-1).mean(-1),
+            "alignment": (n.index_select(1, i) - n.index_select(1, j)).pow(2).sum(-1).mean(-1),  # α = 2, unit rows
+            "uniformity": cos.mul(2 * UNIFORMITY_T).sub_(2 * UNIFORMITY_T).exp_().mean(-1).log_(),
+            "tolerance": cos @ self._pairs.same_mean.to(cos.dtype),
+            "cross_similarity": cos @ self._pairs.cross_mean.to(cos.dtype),
         }
 
     @staticmethod
     def member_bytes(experiment: Any) -> int:
-        """Memory of one member: weights, gradients and two optimizer states, float32."""
-        return 4 * 4 * 4 * experiment.model.hidden
+        """Memory of one member: float32 weights, gradients and two optimizer states (``4 · 4 hidden``), a block's
+        stacked batches (``block_steps × (2 + negatives) × 2``), the evaluation's cosine matrix and pairs (``2 N²``
+        for ``N`` points), and the int64 index stream of its seed (``(steps + 1) × (2 + negatives)``, at most one
+        seed per member)."""
+        data, batch = experiment.data, 2 + experiment.data.negatives
+        points = 4 * data.points_per_quadrant
+        floats = 4 * 4 * experiment.model.hidden + experiment.block_steps * batch * 2 + 2 * points**2
+        return 4 * floats + 8 * (experiment.steps + 1) * batch
 
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
