@@ -157,7 +157,9 @@ def test_pruned_members_stop_changing(tmp_path):
 
 def test_two_workers_on_one_journal_finish_exactly_n(tmp_path):
     # K = 3 does not divide N = 8: the last batch is contested, and the ask lock keeps N exact
-    spec = load(tmp_path, "steps=100", "eval_every=50", n_trials=8, batch_size=3)
+    # a batch trains for about 2 s, longer than a worker takes to start on a loaded machine: at 100 steps
+    # (0.2 s a batch) the first worker sometimes finished every batch before the second joined
+    spec = load(tmp_path, "steps=5000", "eval_every=2500", n_trials=8, batch_size=3)
     search.run(spec, workers=2)
     assert_each_trial_evaluated_once(spec, 8)
     workers = {t.user_attrs["worker"] for t in trials_of(spec)}

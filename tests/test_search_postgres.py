@@ -88,7 +88,9 @@ def postgres_url() -> Iterator[str]:
 
 
 def test_two_workers_share_a_study_on_postgresql(tmp_path, postgres_url):
-    spec = load(tmp_path, "steps=100", "eval_every=50", n_trials=8, batch_size=3, storage=postgres_url)
+    # a batch trains for about 2 s, longer than a worker takes to start on a loaded machine: at 100 steps
+    # (0.2 s a batch) the first worker sometimes finished every batch before the second joined
+    spec = load(tmp_path, "steps=5000", "eval_every=2500", n_trials=8, batch_size=3, storage=postgres_url)
     search.run(spec, workers=2)
     assert_each_trial_evaluated_once(spec, 8)
     assert len({t.user_attrs["worker"] for t in trials_of(spec)}) == 2
