@@ -176,7 +176,12 @@ def bench_k(k: int, steps: tuple[int, int], args: argparse.Namespace, say: Calla
             args.skipped.setdefault(name, str(err))
             continue
         say(f"K={k}: {name}: first call ({pop_steps} steps)")
-        runners[name], first[name] = engine_runner(variant, rows)
+        try:
+            runners[name], first[name] = engine_runner(variant, rows)
+        except Exception as err:  # one variant that fails on this machine: the others are still measured
+            args.skipped[f"K={k} {name}"] = f"failed: {type(err).__name__}: {str(err)[:300]}"
+            say(f"K={k}: {name} failed: {type(err).__name__}: {err}")
+            continue
         kinds[name] = "engine"
     if not args.no_torch_func:
         for compiled in (False, True):
@@ -566,6 +571,11 @@ def write_markdown(res: dict[str, Any], path: Path) -> None:
     print(f"\nmarkdown written to {path}")
 
 
+def write_json(res: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(res, indent=2, default=str) + "\n")
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -642,6 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         res["checks"] = check_peers(device, args.jax)
     for k in args.ks:
         res["throughput"][str(k)] = bench_k(k, steps[k], args, say)
+        if args.json:  # kept as each K ends: a run stopped at a time limit still leaves what it measured
+            write_json(res, args.json)
     for name, why in args.skipped.items():
         print(f"skipped {name}: {why}", file=sys.stderr)
     if not args.no_end_to_end:
@@ -660,8 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         write_markdown(res, args.markdown)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2, default=str) + "\n")
+        write_json(res, args.json)
         print(f"JSON written to {args.json}")
     return 0
 

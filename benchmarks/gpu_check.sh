@@ -9,6 +9,7 @@
 # only jax[cpu] is installed, or skipped when JAX is absent). Exits non-zero when a CUDA test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export XLA_PYTHON_CLIENT_PREALLOCATE=${XLA_PYTHON_CLIENT_PREALLOCATE:-false}  # JAX would take 75 % of the GPU from torch
 PY=${PYTHON:-python}
 OUT=${1:-gpu-check.md}
 $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else "no CUDA device: run this on a CUDA machine")'

@@ -8,9 +8,10 @@ turns non-finite is marked diverged at that step and frozen; the others go on.
 
 The step is a pure function of the population's tensors (``Carry``; ``Training.forward`` then
 ``Training.update``). Logging, evaluation and the last step run one step at a time; the steps between
-them (and checkpoints) run in blocks of at most ``block_steps`` as one call (``Training.block``, or with
-``compile`` the same steps as torch's ``scan``, compiled once), reading nothing back from the device: a
-block computes what its steps alone compute. Ctrl-C and the progress bar act between blocks.
+them (and checkpoints) run in blocks of at most ``block_steps`` as one call (``Training.block``; with
+``compile``, on the CPU the same steps as torch's ``scan`` compiled once, on a GPU the compiled step captured
+as a CUDA graph, ``CudaGraphBlocks``), reading nothing back from the device: a block computes what its steps
+alone compute. Ctrl-C and the progress bar act between blocks.
 
 A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState.state_dict()``
 and the run's configuration; see ``tau_lab.checkpoint``) and the metrics it logged, appended as
@@ -360,27 +361,38 @@ class Training:
         params["logit_scale"] = self.temperature.clamp(params["logit_scale"])
         return c._replace(params=params, optimizer=optimizer)
 
+    def step(self, c: Carry, x: StepInputs, step_fn: Callable[..., StepResult] | None = None) -> Carry:
+        """One step: ``forward``, then ``update``."""
+        c, _, _, grads = self.forward(c, x, step_fn=step_fn)
+        return self.update(c, grads)
+
     def block(self, c: Carry, xs: StepInputs, step_fn: Callable[..., StepResult] | None = None) -> Carry:
         """``len(xs.step)`` steps in one call, each ``forward`` then ``update``; ``xs`` from ``inputs``."""
         for i in range(len(xs.step)):
-            x = StepInputs(xs.step[i], index_batch(xs.batch, i), *(None if v is None else v[i] for v in xs[2:]))
-            c, _, _, grads = self.forward(c, x, step_fn=step_fn)
-            c = self.update(c, grads)
+            c = self.step(c, _step_inputs(xs, i), step_fn)
         return c
+
+    def flat_step(self, spec: pytree.TreeSpec) -> Callable[[list[Tensor], dict[str, Any]], list[Tensor]]:
+        """``step`` on flat tensors, the form torch traces: the carry's leaves (``spec`` its structure) and the
+        step's inputs as a dict of the fields that are not None (a ``Carry`` argument stops dynamo in torch 2.11)."""
+
+        def step(leaves: list[Tensor], given: dict[str, Any]) -> list[Tensor]:
+            x = StepInputs(**(dict.fromkeys(StepInputs._fields) | given))
+            return pytree.tree_leaves(self.step(pytree.tree_unflatten(leaves, spec), x))
+
+        return step
 
     def scan(self, c: Carry, xs: StepInputs) -> Carry:
         """``block`` as torch's ``scan`` higher-order op, for ``torch.compile``: the step is traced once, whatever
         the block's length (an unrolled loop compiles for minutes)."""
         leaves, spec = pytree.tree_flatten(c)
+        step = self.flat_step(spec)
 
         def body(leaves: list[Tensor], given: dict[str, Any]) -> tuple[list[Tensor], Tensor]:
-            x = StepInputs(**(dict.fromkeys(StepInputs._fields) | given))
-            c, _, _, grads = self.forward(pytree.tree_unflatten(leaves, spec), x)
             # scan takes flat tensors, none of them an input's alias (an unchanged one is cloned)
-            return [t.clone() for t in pytree.tree_leaves(self.update(c, grads))], x.step.clone()
+            return [t.clone() for t in step(leaves, given)], given["step"].clone()
 
-        given = {name: value for name, value in xs._asdict().items() if value is not None}  # scan takes tensors only
-        leaves, _ = scan(body, leaves, given)
+        leaves, _ = scan(body, leaves, _given(xs))
         return pytree.tree_unflatten(leaves, spec)
 
     def inputs(self, start: int, n: int) -> StepInputs:
@@ -396,26 +408,29 @@ def _block_end(experiment: config.Experiment, step: int) -> int:
     return min(experiment.steps, *((step // e + 1) * e for e in every))
 
 
+def _step_inputs(xs: StepInputs, i: int) -> StepInputs:
+    """Step ``i`` of a block's stacked inputs."""
+    return StepInputs(xs.step[i], index_batch(xs.batch, i), *(None if v is None else v[i] for v in xs[2:]))
+
+
 def _block_function(
     training: Training, compile: bool, step_fn: Callable[..., StepResult], device: torch.device
 ) -> Callable[[Carry, StepInputs], Carry]:
-    """``training.block``; with ``compile``, ``training.scan`` compiled whole (``fullgraph``; on the CPU with
-    inductor's ``cpp_wrapper``, on a GPU as a CUDA graph, ``mode="reduce-overhead"``: a block is one replay).
-    A task's step that torch cannot capture whole inside ``scan`` (a graph break: a read of a tensor's value,
-    an unsupported op) falls back, with one warning, to the eager block around the compiled ``step_fn``."""
+    """``training.block``; with ``compile``, on the CPU ``training.scan`` compiled whole (``fullgraph``, with
+    inductor's ``cpp_wrapper``: scan's loop runs in C++), on a GPU ``CudaGraphBlocks``. A task's step that torch
+    cannot capture whole inside ``scan`` (a graph break: a read of a tensor's value, an unsupported op) falls
+    back, with one warning, to the eager block around the compiled ``step_fn``."""
     if not compile:
         return training.block
-    # a CPU graph with a C++ wrapper: scan's loop runs in C++, not Python (benchmarks/bench_block.py measures it)
-    mode, options = ("reduce-overhead", None) if device.type == "cuda" else (None, {"cpp_wrapper": True})
+    if device.type == "cuda":
+        return CudaGraphBlocks(training)
     compiled: list[Callable[[Carry, StepInputs], Carry]] = [
-        torch.compile(training.scan, fullgraph=True, dynamic=None, mode=mode, options=options)
+        torch.compile(training.scan, fullgraph=True, dynamic=None, options={"cpp_wrapper": True})
     ]
 
     def block(c: Carry, xs: StepInputs) -> Carry:
         if compiled:
             try:
-                if mode == "reduce-overhead":
-                    torch.compiler.cudagraph_mark_step_begin()  # the last replay's outputs were copied out
                 if len(xs.step) > 1:  # one graph for every length (torch specialises a length of 1)
                     for t in pytree.tree_leaves(xs):
                         if t is not None:
@@ -430,6 +445,66 @@ def _block_function(
         return training.block(c, xs, step_fn)
 
     return block
+
+
+class CudaGraphBlocks:
+    """A GPU's compiled blocks: the step (``forward`` and ``update``) compiled by inductor into fused kernels,
+    and a block of n steps captured once as a CUDA graph (one per block length), then replayed: a block costs
+    one launch from the host, whatever its steps. The graph reads the carry it was captured with (the
+    population's own tensors, which every block passes again) and a copy of the block's inputs, and writes
+    its outputs to fixed tensors, valid until the next replay (``PopulationState.assign`` copies them out)."""
+
+    def __init__(self, training: Training) -> None:
+        self.training = training
+        self.step: Callable[[list[Tensor], dict[str, Any]], list[Tensor]] | None = None  # compiled at first use
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[Tensor], Carry]] = {}
+
+    def steps(self, c: Carry, xs: StepInputs) -> Carry:
+        """The block the graph records: each step's inputs copied out of the stack first (a view at another
+        offset would be another input to the compiled step)."""
+        leaves, spec = pytree.tree_flatten(c)
+        if self.step is None:
+            self.step = torch.compile(self.training.flat_step(spec), dynamic=False)
+        for i in range(len(xs.step)):
+            leaves = self.step(leaves, pytree.tree_map(_clone, _given(_step_inputs(xs, i))))
+        return pytree.tree_unflatten(leaves, spec)
+
+    def capture(self, c: Carry, xs: StepInputs) -> tuple[torch.cuda.CUDAGraph, list[Tensor], Carry]:
+        xs = pytree.tree_map(_clone, xs)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compiles the step and warms the allocator before the capture
+            self.steps(c, xs)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: CUDA calls of other threads (a data loader, JAX's runtime) do not break the capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            outputs = self.steps(c, xs)
+        return graph, _tensors((c, xs)), outputs
+
+    def __call__(self, c: Carry, xs: StepInputs) -> Carry:
+        n = len(xs.step)
+        if n not in self.graphs:
+            self.graphs[n] = self.capture(c, xs)
+        graph, inputs, outputs = self.graphs[n]
+        for fixed, value in zip(inputs, _tensors((c, xs)), strict=True):
+            if value is not fixed:
+                fixed.copy_(value)
+        graph.replay()
+        return outputs
+
+
+def _given(x: StepInputs) -> dict[str, Any]:
+    """The fields of ``x`` that are not None: torch's ``scan`` and a compiled step take tensors only."""
+    return {name: value for name, value in x._asdict().items() if value is not None}
+
+
+def _clone(x: Any) -> Any:
+    return x.clone() if isinstance(x, Tensor) else x
+
+
+def _tensors(tree: Any) -> list[Tensor]:
+    return [t for t in pytree.tree_leaves(tree) if isinstance(t, Tensor)]
 
 
 # ----------------------------------------------------------------------------- logging, evaluation, Ctrl-C

@@ -137,3 +137,26 @@ def test_a_compiled_block_matches_the_eager_one_float32():
             torch.tensor(compiled_log.value.to_numpy()), torch.tensor(eager_log.value.to_numpy()), rtol=1e-4, atol=1e-6
         )
     assert graphs[1] == graphs[0] > 0
+
+
+@pytest.mark.compile
+def test_the_gpu_blocks_compiled_step_loop_matches_the_eager_block_on_the_cpu(monkeypatch):
+    # CudaGraphBlocks records its steps loop in a CUDA graph (tests/test_cuda.py runs that on a GPU); the loop
+    # itself (the compiled flat step, the inputs of each step copied out of the block's stack) runs on the CPU
+    pytest.importorskip("torch._inductor", reason="torch.compile's inductor is not available")
+    eager_block = engine._block_function
+    monkeypatch.setattr(
+        engine,
+        "_block_function",
+        lambda training, compile, step_fn, device: (
+            engine.CudaGraphBlocks(training).steps if compile else eager_block(training, compile, step_fn, device)
+        ),
+    )
+    with default_float64():
+        experiment, _ = config.load_experiment("quadrants", [*QUADRANTS, "block_steps=7"])
+        rows = config.members(experiment)
+        eager = engine.train_population(experiment, rows, CPU)
+        compiled = engine.train_population(experiment.model_copy(update={"compile": True}), rows, CPU)
+    for name, value in eager["params"].items():
+        torch.testing.assert_close(compiled["params"][name], value, rtol=1e-9, atol=1e-12)
+    assert torch.equal(compiled["diverged_step"], eager["diverged_step"])
