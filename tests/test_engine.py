@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tau_lab import config, engine, metrics, results
-from tau_lab.tasks.quadrants import Quadrants, train_reference
+from tau_lab.tasks.quadrants import Quadrants, smallest, train_reference
 
 CPU = torch.device("cpu")
 
@@ -64,6 +64,25 @@ def test_member_reproduces_standalone_training_float32():
         assert _relative(out["params"]["w1"][k], encoder[0].weight.detach()) < 1e-5
         assert _relative(out["params"]["w2"][k], encoder[1].weight.detach()) < 1e-5
         assert out["params"]["logit_scale"][k].item() == pytest.approx(logit_scale.item(), rel=1e-5)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    rows=st.integers(1, 40),
+    columns=st.integers(1, 80),
+    k=st.integers(1, 80),
+    levels=st.sampled_from([None, 2, 5]),
+)
+def test_smallest_is_argsorts_first_k_with_and_without_ties(seed, rows, columns, k, levels):
+    # the quadrants negatives' draw: the same indices in the same order as argsort, so the random stream of
+    # every study is unchanged; levels = a few distinct values per row, so most rows tie
+    k = min(k, columns)
+    g = torch.Generator().manual_seed(seed)
+    values = torch.rand(rows, columns, generator=g)
+    if levels:
+        values = (values * levels).floor()
+    assert torch.equal(smallest(values, k), values.argsort(dim=1)[:, :k])
 
 
 @settings(max_examples=25, deadline=None)
