@@ -25,7 +25,11 @@ CPU time of this thread (one torch thread: other jobs on a shared machine barely
 ceiling it prints is the sequential loop's time per member-step over the bmm roofline's: no population on
 this CPU, whatever its engine, is faster than the sequential loop by more than that.
 
-Usage: ``python benchmarks/bench_contrastive.py [--quick] [--threads N] [--repeats R] [--engine] [--compute]``.
+``--device cuda`` runs the populations (and the engine's variants) on a GPU, timed in wall time; the sequential
+loop stays on the CPU, the baseline every ratio is against.
+
+Usage: ``python benchmarks/bench_contrastive.py [--quick] [--threads N] [--repeats R] [--engine] [--compute]
+[--device cuda]``.
 """
 
 from __future__ import annotations
@@ -58,8 +62,8 @@ STUDIES: dict[str, Callable[[Any, dict[str, Any]], Any]] = {
 }
 
 
-def load(name: str, steps: int) -> config.Experiment:
-    experiment, _ = config.load_experiment(name, [f"steps={steps}", 'device="cpu"'])
+def load(name: str, steps: int, device: str = "cpu", overrides: tuple[str, ...] = ()) -> config.Experiment:
+    experiment, _ = config.load_experiment(name, [f"steps={steps}", f'device="{device}"', *overrides])
     return experiment
 
 
@@ -225,15 +229,14 @@ def compute_bound(name: str, steps: int, repeats: int) -> dict[str, Any]:
 ENGINE_VARIANTS = {"block_steps=1": ["block_steps=1"], "default": [], "compile=true": ["compile=true"]}
 
 
-def engine_runs(name: str, rows: list[dict[str, Any]]) -> dict[str, Callable[[int], Any]]:
+def engine_runs(name: str, rows: list[dict[str, Any]], device: str) -> dict[str, Callable[[int], Any]]:
     """A whole ``train_population`` of ``steps`` steps per engine variant, each run once to warm up (the
     compiled block compiles there)."""
     runs = {}
     for label, overrides in ENGINE_VARIANTS.items():
 
         def run(steps: int, overrides: list[str] = overrides) -> None:
-            experiment, _ = config.load_experiment(name, [f"steps={steps}", 'device="cpu"', *overrides])
-            engine.train_population(experiment, rows, CPU)
+            engine.train_population(load(name, steps, device, tuple(overrides)), rows, torch.device(device))
 
         run(2)
         runs[f"engine {label}"] = run
@@ -248,15 +251,15 @@ def bench(name: str, short: int, long: int, sequential_members: int, repeats: in
     subset = spread(rows, sequential_members)
     reference = STUDIES[name]
 
-    def population(steps: int) -> None:
-        engine.train_population(load(name, steps), rows, CPU)
+    def population(steps: int) -> None:  # its output is copied to the CPU: on a GPU, the call waits for it
+        engine.train_population(load(name, steps, args.device), rows, torch.device(args.device))
 
     def sequential(steps: int) -> None:
         for row in subset:
             reference(load(name, steps), row)
 
     population(2)  # warm-up
-    runs = engine_runs(name, rows) if args.engine else {"population": population}
+    runs = engine_runs(name, rows, args.device) if args.engine else {"population": population}
     members = dict.fromkeys(runs, len(rows)) | {"sequential": len(subset)}
     rates = marginal_rates(runs | {"sequential": sequential}, members, short, long, repeats, CLOCKS[args.clock])
     return {
@@ -266,7 +269,7 @@ def bench(name: str, short: int, long: int, sequential_members: int, repeats: in
         "sequential": rates["sequential"],
         "rates": rates,
         "sequential_members": len(subset),
-        "phases": phases(name, min(long, 20)),
+        "phases": phases(name, min(long, 20)) if args.device == "cpu" else None,
         "compute": compute_bound(name, 8, 20 if args.quick else 60) if args.compute else None,
     }
 
@@ -308,7 +311,14 @@ def main() -> None:
     parser.add_argument(
         "--clock", choices=tuple(CLOCKS), default="cpu", help="cpu: this process's CPU time (default); wall"
     )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="the populations' device (cuda: wall time)"
+    )
     args = parser.parse_args()
+    if args.device == "cuda":
+        args.clock = "wall"  # a GPU's work is not this process's CPU time
+        if args.compute:
+            parser.error("--compute measures the CPU: run it without --device cuda")
     torch.set_num_threads(args.threads)
     print(machine())
     short, long, sequential_members = (2, 6, 2) if args.quick else (10, 110, 6)
@@ -317,7 +327,7 @@ def main() -> None:
 
     print(
         f"\nmember-steps per second, steps {short}..{long} (marginal), {args.threads} thread(s), best of {repeats} "
-        f"({args.clock} time)"
+        f"({args.clock} time), populations on {args.device}"
     )
     for r in results:
         for run, rate in r["rates"].items():
@@ -325,7 +335,7 @@ def main() -> None:
     spread_over = results[0]["sequential_members"]
     print(f"(× the sequential loop: {spread_over} members spread over each grid, one after another)")
     print("\nwhere a population step goes, ms (wall)")
-    for r in results:
+    for r in results if args.device == "cpu" else ():
         parts = ", ".join(f"{phase} {ms:.1f}" for phase, ms in r["phases"].items())
         print(f"{r['study']:<15}{parts}")
     if args.compute:

@@ -459,23 +459,24 @@ class CudaGraphBlocks:
         self.step: Callable[[list[Tensor], dict[str, Any]], list[Tensor]] | None = None  # compiled at first use
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, list[Tensor], Carry]] = {}
 
-    def steps(self, c: Carry, xs: StepInputs) -> Carry:
-        """The block the graph records: each step's inputs copied out of the stack first (a view at another
-        offset would be another input to the compiled step)."""
+    def steps(self, c: Carry, xs: StepInputs, n: int | None = None) -> Carry:
+        """The block the graph records (its first ``n`` steps): each step reads its inputs in place, views of
+        the stack (``_aligned``: a misaligned view would be copied by inductor at every step)."""
         leaves, spec = pytree.tree_flatten(c)
         if self.step is None:
             self.step = torch.compile(self.training.flat_step(spec), dynamic=False)
-        for i in range(len(xs.step)):
-            leaves = self.step(leaves, pytree.tree_map(_clone, _given(_step_inputs(xs, i))))
+        for i in range(len(xs.step) if n is None else n):
+            leaves = self.step(leaves, _given(_step_inputs(xs, i)))
         return pytree.tree_unflatten(leaves, spec)
 
     def capture(self, c: Carry, xs: StepInputs) -> tuple[torch.cuda.CUDAGraph, list[Tensor], Carry]:
-        xs = pytree.tree_map(_clone, xs)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # compiles the step and warms the allocator before the capture
-            self.steps(c, xs)
-        torch.cuda.current_stream().wait_stream(side)
+        xs = pytree.tree_map(_aligned, xs)
+        if self.step is None:  # the step compiles at its first call: outside the capture, on a side stream
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.steps(c, xs, n=1)
+            torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         # thread_local: CUDA calls of other threads (a data loader, JAX's runtime) do not break the capture
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
@@ -494,13 +495,21 @@ class CudaGraphBlocks:
         return outputs
 
 
+def _aligned(x: Any) -> Any:
+    """A copy of stacked inputs ``[n, ...]`` whose rows start at multiples of 16 bytes (each row padded), so that
+    row ``i`` is an aligned view: inductor's kernels assume aligned inputs and copy any other."""
+    if not isinstance(x, Tensor) or x.dim() == 0:
+        return x
+    per_16 = max(1, 16 // x.element_size())
+    row = -(-x[0].numel() // per_16) * per_16
+    out = torch.empty(len(x) * row, dtype=x.dtype, device=x.device)
+    out = out.as_strided(x.shape, (row, *torch.empty(x.shape[1:], device="meta").stride()))
+    return out.copy_(x)
+
+
 def _given(x: StepInputs) -> dict[str, Any]:
     """The fields of ``x`` that are not None: torch's ``scan`` and a compiled step take tensors only."""
     return {name: value for name, value in x._asdict().items() if value is not None}
-
-
-def _clone(x: Any) -> Any:
-    return x.clone() if isinstance(x, Tensor) else x
 
 
 def _tensors(tree: Any) -> list[Tensor]:

@@ -12,7 +12,10 @@ import math
 import pandas as pd
 import pytest
 import torch
+import torch.utils._pytree as pytree
 from conftest import default_float64
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_checkpoint import _ctrl_c_at
 
 from tau_lab import config, engine
@@ -142,16 +145,18 @@ def test_a_compiled_block_matches_the_eager_one_float32():
 @pytest.mark.compile
 def test_the_gpu_blocks_compiled_step_loop_matches_the_eager_block_on_the_cpu(monkeypatch):
     # CudaGraphBlocks records its steps loop in a CUDA graph (tests/test_cuda.py runs that on a GPU); the loop
-    # itself (the compiled flat step, the inputs of each step copied out of the block's stack) runs on the CPU
+    # itself (the compiled flat step, each step reading its inputs in place, rows of the aligned stack) runs on
+    # the CPU
     pytest.importorskip("torch._inductor", reason="torch.compile's inductor is not available")
     eager_block = engine._block_function
-    monkeypatch.setattr(
-        engine,
-        "_block_function",
-        lambda training, compile, step_fn, device: (
-            engine.CudaGraphBlocks(training).steps if compile else eager_block(training, compile, step_fn, device)
-        ),
-    )
+
+    def gpu_blocks(training, compile, step_fn, device):
+        if not compile:
+            return eager_block(training, compile, step_fn, device)
+        blocks = engine.CudaGraphBlocks(training)
+        return lambda c, xs: blocks.steps(c, pytree.tree_map(engine._aligned, xs))
+
+    monkeypatch.setattr(engine, "_block_function", gpu_blocks)
     with default_float64():
         experiment, _ = config.load_experiment("quadrants", [*QUADRANTS, "block_steps=7"])
         rows = config.members(experiment)
@@ -160,3 +165,18 @@ def test_the_gpu_blocks_compiled_step_loop_matches_the_eager_block_on_the_cpu(mo
     for name, value in eager["params"].items():
         torch.testing.assert_close(compiled["params"][name], value, rtol=1e-9, atol=1e-12)
     assert torch.equal(compiled["diverged_step"], eager["diverged_step"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n=st.integers(1, 9),
+    row=st.lists(st.integers(0, 7), max_size=3),
+    dtype=st.sampled_from([torch.bool, torch.uint8, torch.int64, torch.float32, torch.float64, torch.bfloat16]),
+)
+def test_aligned_stacks_start_every_row_on_16_bytes(n, row, dtype):
+    x = (torch.arange(n * math.prod(row)).reshape(n, *row) % 5).to(dtype)
+    aligned = engine._aligned(x)
+    assert torch.equal(aligned, x)
+    for i in range(n):
+        assert aligned[i].is_contiguous()
+        assert aligned[i].data_ptr() % 16 == 0

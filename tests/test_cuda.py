@@ -19,6 +19,7 @@ import torch
 from conftest import default_float64
 
 from tau_lab import config, engine
+from tau_lab.tasks import quadrants as quadrants_task
 
 pytestmark = [
     pytest.mark.cuda,
@@ -93,6 +94,17 @@ def test_a_population_on_cuda_equals_the_same_population_on_the_cpu(make):
     assert_same(cpu, cuda, *tolerances)
     # the weights moved: equal starting points alone would not pass this
     assert not torch.allclose(start["params"][next(iter(start["params"]))], cpu["params"][next(iter(cpu["params"]))])
+
+
+def test_the_quadrants_negatives_are_picked_alike_on_cuda_and_on_the_cpu():
+    # a GPU population picks its negatives on the GPU (topk); rows with ties fall back to the CPU's argsort
+    g = torch.Generator().manual_seed(0)
+    tied = (torch.rand(20_000, 75, generator=g) * 10).floor()  # every row ties
+    assert torch.equal(quadrants_task.smallest(tied.to(CUDA), 3).cpu(), tied.argsort(dim=1)[:, :3])
+    data = quadrants_task.Data()
+    for seed in (0, 1):  # about 1.4 tied rows a seed among 200,001 of distinct values
+        on_cuda = quadrants_task.draw_indices(seed, 200_001, data, CUDA)
+        assert torch.equal(on_cuda.cpu(), quadrants_task.draw_indices(seed, 200_001, data))
 
 
 @pytest.mark.parametrize(

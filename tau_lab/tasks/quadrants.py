@@ -81,24 +81,37 @@ def make_encoder(seed: int, hidden: int) -> nn.Sequential:
 
 def smallest(values: Tensor, k: int) -> Tensor:
     """``values.argsort(dim=1)[:, :k]``, the indices of each row's k smallest values in ascending order, by
-    ``topk`` (3× faster for 3 of 75). Where the k + 1 smallest values of a row are distinct, that order is the
-    one sorted order, so both agree; a row with a tie among them takes argsort's own order."""
+    ``topk`` (3× faster for 3 of 75; on any device). Where the k + 1 smallest values of a row are distinct, that
+    order is the one sorted order, so both agree; a row with a tie among them takes argsort's own order, on the
+    CPU (a GPU's sort may order ties otherwise)."""
     j = min(k + 1, values.shape[1])
     top, index = values.topk(j, dim=1, largest=False, sorted=True)
     tied = (top[:, 1:] == top[:, :-1]).any(1)
     if bool(tied.any()):
-        index[tied] = values[tied].argsort(dim=1)[:, :j]
+        index[tied] = values[tied].cpu().argsort(dim=1)[:, :j].to(index.device)
     return index[:, :k]
 
 
-def draw_indices(seed: int, steps: int, data: Data) -> Tensor:
-    """Point indices of every step, ``[steps, 2 + negatives]``: anchor, positive, negatives."""
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``[K, m, k] @ [K, k, n]``. Eager, ``torch.bmm`` (``@`` adds expand and reshape calls per product). Under
+    ``torch.compile``, the broadcast product ``a[..., None] * b[:, None]`` summed over ``k``: a GEMM call per
+    product of a few elements would be a kernel of its own, and this form fuses into the step's kernels (on a GPU
+    5 cuBLAS launches a step fewer; docs/benchmarks.md)."""
+    if torch.compiler.is_compiling():
+        return (a.unsqueeze(-1) * b.unsqueeze(1)).sum(2)
+    return torch.bmm(a, b)
+
+
+def draw_indices(seed: int, steps: int, data: Data, device: torch.device | None = None) -> Tensor:
+    """Point indices of every step, ``[steps, 2 + negatives]``: anchor, positive, negatives. Drawn from a CPU
+    generator; with ``device``, the negatives are picked there (the same indices: the selection was most of a
+    large GPU population's set-up)."""
     n, k = data.points_per_quadrant, data.negatives
     g = torch.Generator().manual_seed(seed)
-    quadrant = torch.randint(0, 4, (steps, 1), generator=g)
-    anchor = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
-    positive = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
-    other = smallest(torch.rand(steps, 3 * n, generator=g), k)  # k distinct of 3n
+    quadrant = torch.randint(0, 4, (steps, 1), generator=g).to(device)
+    anchor = quadrant * n + torch.randint(0, n, (steps, 1), generator=g).to(device)
+    positive = quadrant * n + torch.randint(0, n, (steps, 1), generator=g).to(device)
+    other = smallest(torch.rand(steps, 3 * n, generator=g).to(device), k)  # k distinct of 3n
     negative = other + n * (other >= quadrant * n)  # skip the anchor's quadrant
     return torch.cat([anchor, positive, negative], dim=1)
 
@@ -121,7 +134,7 @@ class Quadrants(TaskBase):
             self.step = self.autograd_step  # type: ignore[method-assign]
         self.params = {k: v.to(device)[self.seed_row].contiguous() for k, v in stacked.items()}
         # [steps + 1, seeds, 2 + negatives], step-major; the last batch measures the final loss
-        self.index = torch.stack([draw_indices(s, experiment.steps + 1, self.data) for s in seeds], 1).to(device)
+        self.index = torch.stack([draw_indices(s, experiment.steps + 1, self.data, device) for s in seeds], 1)
 
     def batch(self, step: int) -> Tensor:
         """The step's points per member, ``[K, 2 + negatives, 2]``."""
@@ -141,27 +154,26 @@ class Quadrants(TaskBase):
         ``∂L/∂e = (∂L/∂n − n (n·∂L/∂n)) / |e|``; ``∂L/∂o = ∂L/∂e ⊙ (1 − e²)``;
         ``∂L/∂W₂ = (∂L/∂o)ᵀ h``; ``∂L/∂W₁ = (∂L/∂o W₂)ᵀ x``; ``∂L/∂τ = −Σ_j δ_j s_j / τ``.
         """
-        # torch.bmm rather than @: every tensor is [K, ., .], and @ adds expand/reshape calls per product; but a
-        # product over the 2 input or output coordinates is written out as 2 terms: MKL's batched GEMM with an
+        # a product over the 2 input or output coordinates is written out as 2 terms: MKL's batched GEMM with an
         # inner size of 2 was the slowest op of a K = 1000 step (docs/benchmarks.md). Not addcmul for x W₁ᵀ: its
         # fused rounding moved float32 members further from the autograd reference
         w1, w2 = params["w1"], params["w2"]
         h = x[..., 0:1] * w1[:, None, :, 0] + x[..., 1:2] * w1[:, None, :, 1]  # x W₁ᵀ: [K, B, hidden]
-        e = torch.tanh(torch.bmm(h, w2.transpose(1, 2)))  # [K, B, 2]
+        e = torch.tanh(bmm(h, w2.transpose(1, 2)))  # [K, B, 2]
         r = e.norm(dim=-1, keepdim=True).clamp_min(COS_EPS)
         n = e / r
-        s = torch.bmm(n[:, 1:], n[:, 0:1].transpose(1, 2)).squeeze(-1)  # [K, 1 + negatives]
+        s = bmm(n[:, 1:], n[:, 0:1].transpose(1, 2)).squeeze(-1)  # [K, 1 + negatives]
         logits = s / tau[:, None]
         logp = F.log_softmax(logits, dim=-1)
         loss = -logp[:, 0]
         dlogits = logp.exp()
         dlogits[:, 0] -= 1
         ds = dlogits / tau[:, None]
-        dn = torch.cat([torch.bmm(ds.unsqueeze(1), n[:, 1:]), ds.unsqueeze(-1) * n[:, 0:1]], dim=1)
+        dn = torch.cat([bmm(ds.unsqueeze(1), n[:, 1:]), ds.unsqueeze(-1) * n[:, 0:1]], dim=1)
         de = (dn - n * (n * dn).sum(-1, keepdim=True)) / r
         do = de * (1 - e * e)
         dh = torch.addcmul(do[..., 0:1] * w2[:, None, 0], do[..., 1:2], w2[:, None, 1])  # ∂L/∂o W₂: [K, B, hidden]
-        grads = {"w2": torch.bmm(do.transpose(1, 2), h), "w1": torch.bmm(dh.transpose(1, 2), x)}
+        grads = {"w2": bmm(do.transpose(1, 2), h), "w1": bmm(dh.transpose(1, 2), x)}
         grad_tau = -(dlogits * s).sum(-1) / tau**2
         return StepResult(loss, grads, grad_tau, s)
 
