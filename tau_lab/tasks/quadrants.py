@@ -95,8 +95,8 @@ def smallest(values: Tensor, k: int) -> Tensor:
 def bmm(a: Tensor, b: Tensor) -> Tensor:
     """``[K, m, k] @ [K, k, n]``. Eager, ``torch.bmm`` (``@`` adds expand and reshape calls per product). Under
     ``torch.compile``, the broadcast product ``a[..., None] * b[:, None]`` summed over ``k``: a GEMM call per
-    product of a few elements would be a kernel of its own, and this form fuses into the step's kernels (on a GPU
-    5 cuBLAS launches a step fewer; docs/benchmarks.md)."""
+    product of a few elements would be a kernel of its own, and this form fuses into the step's kernels (at K = 5
+    on a GPU 21.4 → 14.1 kernels a step; on the CPU compiled blocks 1.1–1.2× faster; docs/benchmarks.md)."""
     if torch.compiler.is_compiling():
         return (a.unsqueeze(-1) * b.unsqueeze(1)).sum(2)
     return torch.bmm(a, b)
