@@ -59,14 +59,11 @@ def child(u: int, calls: int) -> None:
     torch.set_num_threads(1)
     torch._dynamo.config.cache_size_limit = 64  # one graph per block length
     engine.Training.scan = unrolled_scan(u)
-    make_block = engine._block_function
 
-    def static_lengths(training: engine.Training, compile: bool, step_fn: Any, device: torch.device) -> Any:
-        if not compile:
-            return make_block(training, compile, step_fn, device)
-        return torch.compile(training.scan, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+    def static_lengths(self: engine.CompiledBlocks, fn: Any, c: engine.Carry, xs: engine.StepInputs) -> Any:
+        return engine._compile(fn, dynamic=False, whole=True)(self.training, c, xs)
 
-    engine._block_function = static_lengths
+    engine.CompiledBlocks._whole = static_lengths
     experiment = bench.load(2000, 1, extra=("compile=true",))
     rows = config.members(experiment)
     start = time.perf_counter()

@@ -1,11 +1,12 @@
 """Where one ``train_population`` call of the quadrants benchmark spends its time, at any K and variant.
 
 ``bench.py``'s phase timers (set-up, the step, evaluation, …) around one warmed-up call, then ``torch.profiler``'s
-aten ops by self CPU time over another. Under ``compile = true`` timers inside the compiled block would become
-its guards (a recompile a call), so only the parts around it are timed: the blocks, their stacked inputs, the
-logging and the evaluations (median of 7 calls). On a GPU (``--device cuda``) the timers synchronise, and the
-profiler also lists the GPU's kernels by their time on the device, with the kernels the call launched per step
-(a compiled block's CUDA graph replays its kernels one after another). Usage (from a checkout, 1 thread):
+aten ops by self CPU time over another. Under ``compile = true`` timers inside a compiled call would become its guards
+(a recompile a call), so only the parts around it are timed: the compiled calls (a logging step and the block after
+it, or a block), their stacked inputs, the logging and the evaluations (median of 7 calls). On a GPU
+(``--device cuda``) the timers synchronise, and the profiler also lists the GPU's kernels by their time on the
+device, with the kernels the call launched per step (a compiled block's CUDA graph replays its kernels one after
+another). Usage (from a checkout, 1 thread):
 
     PYTHONPATH=. python benchmarks/profile_population.py --k 1000 --steps 200 [--variant '["compile=true"]']
         [--device cuda]
@@ -30,9 +31,9 @@ from tau_lab import config, engine
 
 @contextlib.contextmanager
 def around_the_blocks(device: torch.device) -> Iterator[dict[str, float]]:
-    """Timers on what runs outside a compiled block: the blocks themselves, ``Training.inputs``, ``_log`` and
+    """Timers on what runs outside a compiled call: the calls themselves, ``Training.inputs``, ``_log`` and
     ``_evaluate``; seconds summed into the dict yielded (on a GPU, each part waits for its kernels)."""
-    totals = dict.fromkeys(["compiled blocks", "Training.inputs", "_log", "_evaluate"], 0.0)
+    totals = dict.fromkeys(["compiled calls", "Training.inputs", "_log", "_evaluate"], 0.0)
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
 
     def timed(part: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -48,9 +49,14 @@ def around_the_blocks(device: torch.device) -> Iterator[dict[str, float]]:
 
         return run
 
-    make_block = engine._block_function
+    make_calls = engine._calls
+
+    def timed_calls(*args: Any) -> tuple[Callable[..., Any], Callable[..., Any]]:
+        interval, block = make_calls(*args)
+        return timed("compiled calls", interval), timed("compiled calls", block)
+
     with (
-        mock.patch.object(engine, "_block_function", lambda *a: timed("compiled blocks", make_block(*a))),
+        mock.patch.object(engine, "_calls", timed_calls),
         mock.patch.object(engine.Training, "inputs", timed("Training.inputs", engine.Training.inputs)),
         mock.patch.object(engine, "_log", timed("_log", engine._log)),
         mock.patch.object(engine, "_evaluate", timed("_evaluate", engine._evaluate)),
@@ -81,7 +87,7 @@ def main() -> None:
                 totals.update(dict.fromkeys(totals, 0.0))
         seconds, parts = sorted(calls, key=lambda call: call[0])[3]
         print(f"K = {args.k}, {args.steps} steps, {args.variant}: {seconds:.4f} s (the median of 7 calls)")
-        other = ("the rest: set-up, the eager logging and evaluation steps, output", seconds - sum(parts.values()))
+        other = ("the rest: set-up, state updates, output", seconds - sum(parts.values()))
         for part, t in [*parts.items(), other]:
             print(f"  {part:66s} {t * 1e3:8.1f} ms  {t / seconds:6.1%}")
     else:

@@ -7,11 +7,14 @@ temperatures are clamped. A member whose loss (or, at logging steps, gradient or
 turns non-finite is marked diverged at that step and frozen; the others go on.
 
 The step is a pure function of the population's tensors (``Carry``; ``Training.forward`` then
-``Training.update``). Logging, evaluation and the last step run one step at a time; the steps between
-them (and checkpoints) run in blocks of at most ``block_steps`` as one call (``Training.block``; with
-``compile``, on the CPU the same steps as torch's ``scan`` compiled once, on a GPU the compiled step captured
-as a CUDA graph, ``CudaGraphBlocks``), reading nothing back from the device: a block computes what its steps
-alone compute. Ctrl-C and the progress bar act between blocks.
+``Training.update``). An evaluation reads the parameters its step starts from, before the step. A logging step
+(``Training.log_step``: the step with its metrics) and the steps after it, up to the next logging step,
+evaluation or checkpoint and at most ``block_steps``, are one call (``_calls``: an interval); steps after an
+evaluation or a checkpoint that is not logged are a block. With ``compile``, on the CPU an interval and a block
+are each one compiled graph, the block's steps torch's ``scan`` (``CompiledBlocks``); on a GPU the logging step
+is compiled, and the block's compiled steps are captured as a CUDA graph (``CudaGraphBlocks``). A call reads
+nothing back from the device: a block computes what its steps alone compute. Ctrl-C and the progress bar act
+between calls.
 
 A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState.state_dict()``
 and the run's configuration; see ``tau_lab.checkpoint``) and the metrics it logged, appended as
@@ -315,8 +318,9 @@ def _finite_per_member(tensors: list[Tensor]) -> Tensor:
 @dataclass
 class Training:
     """The training step as pure functions of the ``Carry``: ``forward`` (τ, the task's loss and gradients,
-    divergence at this very step), ``update`` (the masked optimizer, the clamp of learnable τ), and ``block``:
-    n steps of both in one call, the engine's path between logging steps. No host syncs: a block runs ahead."""
+    divergence at this very step), ``update`` (the masked optimizer, the clamp of learnable τ), ``log_step`` (both,
+    with the metrics a logging step records), and ``block``: n steps in one call, the engine's path between
+    logging steps. No host syncs: a block runs ahead."""
 
     task: Task
     temperature: Temperature
@@ -366,6 +370,26 @@ class Training:
         c, _, _, grads = self.forward(c, x, step_fn=step_fn)
         return self.update(c, grads)
 
+    def log_step(self, c: Carry, x: StepInputs) -> tuple[Carry, Tensor, dict[str, Tensor]]:
+        """A logging step: ``forward`` with every check, the metrics it logs (each ``[K]``), then ``update``, the
+        loss window restarted. Returns the updated carry, τ and the metrics: ``window_loss`` (the loss summed over
+        the window, this step's included), the gradient norms (all, ``∂L/∂logit_scale``'s, each parameter's), τ
+        (a diverged member's at its last finite step), ``logit_scale`` and, for a task that returns similarities,
+        ``effective_negatives`` (the mean over this process's rows). One call: compiled, one graph."""
+        c, tau, out, grads = self.forward(c, x, check=True)
+        values = {
+            "window_loss": c.window_loss,
+            "grad_norm": metrics.grad_norm(out.grads.values()),
+            "grad_norm_tau": grads["logit_scale"].abs(),
+            "tau": torch.where(c.diverged_step >= 0, c.last_tau, tau),
+            "logit_scale": c.params["logit_scale"],
+            **{f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()},
+        }
+        if out.sims is not None:
+            values["effective_negatives"] = metrics.effective_negatives(out.sims, tau).reshape(len(tau), -1).mean(-1)
+        c = self.update(c._replace(window_loss=torch.zeros_like(c.window_loss)), grads)
+        return c, tau, values
+
     def block(self, c: Carry, xs: StepInputs, step_fn: Callable[..., StepResult] | None = None) -> Carry:
         """``len(xs.step)`` steps in one call, each ``forward`` then ``update``; ``xs`` from ``inputs``."""
         for i in range(len(xs.step)):
@@ -375,12 +399,7 @@ class Training:
     def flat_step(self, spec: pytree.TreeSpec) -> Callable[[list[Tensor], dict[str, Any]], list[Tensor]]:
         """``step`` on flat tensors, the form torch traces: the carry's leaves (``spec`` its structure) and the
         step's inputs as a dict of the fields that are not None (a ``Carry`` argument stops dynamo in torch 2.11)."""
-
-        def step(leaves: list[Tensor], given: dict[str, Any]) -> list[Tensor]:
-            x = StepInputs(**(dict.fromkeys(StepInputs._fields) | given))
-            return pytree.tree_leaves(self.step(pytree.tree_unflatten(leaves, spec), x))
-
-        return step
+        return lambda leaves, given: pytree.tree_leaves(self.step(pytree.tree_unflatten(leaves, spec), _inputs(given)))
 
     def scan(self, c: Carry, xs: StepInputs) -> Carry:
         """``block`` as torch's ``scan`` higher-order op, for ``torch.compile``: the step is traced once, whatever
@@ -392,7 +411,9 @@ class Training:
             # scan takes flat tensors, none of them an input's alias (an unchanged one is cloned)
             return [t.clone() for t in step(leaves, given)], given["step"].clone()
 
-        leaves, _ = scan(body, leaves, _given(xs))
+        # scan's initial carry may alias none of its inputs: after a logging step (``interval``) a fixed τ is the
+        # temperature's own buffer
+        leaves, _ = scan(body, [t.clone() for t in leaves], _given(xs))
         return pytree.tree_unflatten(leaves, spec)
 
     def inputs(self, start: int, n: int) -> StepInputs:
@@ -408,51 +429,133 @@ def _block_end(experiment: config.Experiment, step: int) -> int:
     return min(experiment.steps, *((step // e + 1) * e for e in every))
 
 
+def _rows(xs: StepInputs, start: int) -> StepInputs:
+    """Steps ``start …`` of a block's stacked inputs (views)."""
+    return pytree.tree_map(lambda x: None if x is None else x[start:], xs)
+
+
 def _step_inputs(xs: StepInputs, i: int) -> StepInputs:
     """Step ``i`` of a block's stacked inputs."""
     return StepInputs(xs.step[i], index_batch(xs.batch, i), *(None if v is None else v[i] for v in xs[2:]))
 
 
-def _block_function(
-    training: Training, compile: bool, step_fn: Callable[..., StepResult], device: torch.device
-) -> Callable[[Carry, StepInputs], Carry]:
-    """``training.block``; with ``compile``, on the CPU ``training.scan`` compiled whole (``fullgraph``, with
-    inductor's ``cpp_wrapper``: scan's loop runs in C++), on a GPU ``CudaGraphBlocks``. A task's step that torch
-    cannot capture whole inside ``scan`` (a graph break: a read of a tensor's value, an unsupported op) falls
-    back, with one warning, to the eager block around the compiled ``step_fn``."""
+@functools.cache
+def _compile(fn: Callable[..., Any], dynamic: bool | None = False, whole: bool = False) -> Callable[..., Any]:
+    """``torch.compile(fn)``, made once per process: a wrapper costs about 0.5 ms, and dynamo keeps its graphs per
+    function anyway (a population of the same shapes runs the graphs of the first). ``whole``: ``fullgraph``, with
+    inductor's ``cpp_wrapper`` (a ``scan``'s loop runs in C++)."""
+    return torch.compile(fn, dynamic=dynamic, fullgraph=whole, options={"cpp_wrapper": True} if whole else None)
+
+
+def _flat_log_step(
+    training: Training, spec: pytree.TreeSpec, leaves: list[Tensor], given: dict[str, Any]
+) -> tuple[list[Tensor], Tensor, dict[str, Tensor]]:
+    """``Training.log_step`` on flat tensors (``flat_step``'s form)."""
+    c, tau, values = training.log_step(pytree.tree_unflatten(leaves, spec), _inputs(given))
+    return pytree.tree_leaves(c), tau, values
+
+
+def _compiled_log_step(training: Training) -> Callable[[Carry, StepInputs], tuple[Carry, Tensor, dict[str, Tensor]]]:
+    """``training.log_step`` compiled on flat tensors (a logging step run eagerly was most of a compiled K = 5
+    population's time outside its blocks; docs/benchmarks.md)."""
+
+    def log_step(c: Carry, x: StepInputs) -> tuple[Carry, Tensor, dict[str, Tensor]]:
+        leaves, spec = pytree.tree_flatten(c)
+        leaves, tau, values = _compile(_flat_log_step)(training, spec, leaves, _given(x))
+        return pytree.tree_unflatten(leaves, spec), tau, values
+
+    return log_step
+
+
+Interval = Callable[[Carry, StepInputs], tuple[Carry, Tensor, dict[str, Tensor], Tensor]]
+Block = Callable[[Carry, StepInputs], Carry]
+
+
+def _then(log_step: Callable[[Carry, StepInputs], tuple[Carry, Tensor, dict[str, Tensor]]], block: Block) -> Interval:
+    """An interval: ``log_step`` on the first of the stacked inputs ``xs``, then ``block`` on the rest (if any).
+    Returns the carry after both, and the logging step's τ, metrics and ``alive`` (the members its loss is logged
+    for)."""
+
+    def interval(c: Carry, xs: StepInputs) -> tuple[Carry, Tensor, dict[str, Tensor], Tensor]:
+        logged, tau, values = log_step(c, _step_inputs(xs, 0))
+        return block(logged, _rows(xs, 1)) if len(xs.step) > 1 else logged, tau, values, logged.alive
+
+    return interval
+
+
+def _calls(training: Training, compile: bool, device: torch.device) -> tuple[Interval, Block]:
+    """The loop's two calls: ``interval`` (a logging step and the block of steps after it) and ``block`` (steps that
+    follow an evaluation or a checkpoint). Eager: ``Training.log_step`` and ``Training.block``. With ``compile``,
+    on a GPU the logging step compiled on flat tensors and ``CudaGraphBlocks``, on the CPU ``CompiledBlocks``."""
     if not compile:
-        return training.block
+        return _then(training.log_step, training.block), training.block
     if device.type == "cuda":
-        return CudaGraphBlocks(training)
-    compiled: list[Callable[[Carry, StepInputs], Carry]] = [
-        torch.compile(training.scan, fullgraph=True, dynamic=None, options={"cpp_wrapper": True})
-    ]
+        blocks = CudaGraphBlocks(training)
+        return _then(_compiled_log_step(training), blocks), blocks
+    compiled = CompiledBlocks(training)
+    return compiled.interval, compiled.block
 
-    def block(c: Carry, xs: StepInputs) -> Carry:
-        if compiled:
-            try:
-                if len(xs.step) > 1:  # one graph for every length (torch specialises a length of 1)
-                    for t in pytree.tree_leaves(xs):
-                        if t is not None:
-                            torch._dynamo.mark_dynamic(t, 0)
-                return compiled[0](c, xs)
-            except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing, before any step ran
-                warn(
-                    f"compile: this task's block of steps is not traceable whole ({type(err).__name__}); "
-                    "its steps run one by one, each compiled"
-                )
-                compiled.clear()
-        return training.block(c, xs, step_fn)
 
-    return block
+def _scan(training: Training, c: Carry, xs: StepInputs) -> Carry:
+    return training.scan(c, xs)
+
+
+def _interval(
+    training: Training, c: Carry, xs: StepInputs, first: StepInputs
+) -> tuple[Carry, Tensor, dict[str, Tensor], Tensor]:
+    """``_then(training.log_step, training.scan)`` with the logging step's inputs apart: inductor fails on a
+    ``scan`` over a slice of symbolic length."""
+    logged, tau, values = training.log_step(c, first)
+    return training.scan(logged, xs), tau, values, logged.alive
+
+
+class CompiledBlocks:
+    """The CPU's compiled calls: ``block`` (``Training.scan``) and ``interval`` (the logging step and the block after
+    it as one call: a call costs about 0.1 ms of torch's wrappers, whatever its work), each compiled whole
+    (``fullgraph``, with inductor's ``cpp_wrapper``: the scan's loop runs in C++); a logging step with no block
+    after it compiled alone. A task's step that torch cannot capture whole inside ``scan`` (a graph break: a read
+    of a tensor's value, an unsupported op) falls back, with one warning, to eager blocks around the task's step
+    compiled alone."""
+
+    def __init__(self, training: Training) -> None:
+        self.training = training
+        self.log_step = _compiled_log_step(training)
+        self.step_fn: Callable[..., StepResult] | None = None  # the fallback's
+
+    def _whole(self, fn: Callable[..., Any], c: Carry, xs: StepInputs, *args: Any) -> Any:
+        """``fn(training, c, xs, *args)`` compiled whole, of any length of ``xs``; None after the fallback."""
+        if self.step_fn is not None:
+            return None
+        try:
+            if len(xs.step) > 1:  # one graph for every length (torch specialises a length of 1)
+                for t in pytree.tree_leaves(xs):
+                    if t is not None:
+                        torch._dynamo.mark_dynamic(t, 0)
+            return _compile(fn, dynamic=None, whole=True)(self.training, c, xs, *args)
+        except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing, before any step ran
+            warn(
+                f"compile: this task's block of steps is not traceable whole ({type(err).__name__}); "
+                "its steps run one by one, each compiled"
+            )
+            self.step_fn = torch.compile(self.training.task.step, dynamic=False)
+            return None
+
+    def block(self, c: Carry, xs: StepInputs) -> Carry:
+        out = self._whole(_scan, c, xs)
+        return self.training.block(c, xs, self.step_fn) if out is None else out
+
+    def interval(self, c: Carry, xs: StepInputs) -> tuple[Carry, Tensor, dict[str, Tensor], Tensor]:
+        out = self._whole(_interval, c, _rows(xs, 1), _step_inputs(xs, 0)) if len(xs.step) > 1 else None
+        return _then(self.log_step, self.block)(c, xs) if out is None else out
 
 
 class CudaGraphBlocks:
     """A GPU's compiled blocks: the step (``forward`` and ``update``) compiled by inductor into fused kernels,
     and a block of n steps captured once as a CUDA graph (one per block length), then replayed: a block costs
-    one launch from the host, whatever its steps. The graph reads the carry it was captured with (the
-    population's own tensors, which every block passes again) and a copy of the block's inputs, and writes
-    its outputs to fixed tensors, valid until the next replay (``PopulationState.assign`` copies them out)."""
+    one launch from the host, whatever its steps. The graph reads its own copy of the carry and of the block's
+    inputs (filled before each replay: a block may follow a logging step whose carry the state has not taken yet),
+    and writes its outputs to fixed tensors, valid until the next replay (``PopulationState.assign`` copies them
+    out)."""
 
     def __init__(self, training: Training) -> None:
         self.training = training
@@ -470,7 +573,7 @@ class CudaGraphBlocks:
         return pytree.tree_unflatten(leaves, spec)
 
     def capture(self, c: Carry, xs: StepInputs) -> tuple[torch.cuda.CUDAGraph, list[Tensor], Carry]:
-        xs = pytree.tree_map(_aligned, xs)
+        c, xs = pytree.tree_map(torch.clone, c), pytree.tree_map(_aligned, xs)
         if self.step is None:  # the step compiles at its first call: outside the capture, on a side stream
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -512,6 +615,11 @@ def _given(x: StepInputs) -> dict[str, Any]:
     return {name: value for name, value in x._asdict().items() if value is not None}
 
 
+def _inputs(given: dict[str, Any]) -> StepInputs:
+    """``_given``'s inverse."""
+    return StepInputs(**(dict.fromkeys(StepInputs._fields) | given))
+
+
 def _tensors(tree: Any) -> list[Tensor]:
     return [t for t in pytree.tree_leaves(tree) if isinstance(t, Tensor)]
 
@@ -520,38 +628,25 @@ def _tensors(tree: Any) -> list[Tensor]:
 
 
 def _log(
-    state: PopulationState,
-    step: int,
-    task: Task,
-    temperature: Temperature,
-    tau: Tensor,
-    out: StepResult,
-    grads: dict[str, Tensor],
-) -> dict[str, Tensor]:
-    """The logging step's metrics, each ``[K]``: the window's mean loss, gradient norms, τ, hardness, the
-    task's diagnostics."""
-    values = {
-        "loss": torch.where(state.alive, state.window_loss / state.window_steps, math.nan),
-        "grad_norm": metrics.grad_norm(out.grads.values()),
-        "grad_norm_tau": grads["logit_scale"].abs(),
-        "tau": torch.where(state.diverged_step >= 0, state.last_tau, tau),
-        "logit_scale": temperature.logit_scale.detach(),
-    }
-    if out.sims is not None:
-        k = len(tau)
-        mean = metrics.effective_negatives(out.sims, tau).reshape(k, -1).mean(-1)  # of this process's rows
-        values["effective_negatives"] = distributed.mean(mean)
-    values |= {f"grad_norm.{n}": metrics.grad_norm([g]) for n, g in out.grads.items()}
+    state: PopulationState, step: int, task: Task, tau: Tensor, values: dict[str, Tensor], logged: Tensor
+) -> Tensor:
+    """Record ``Training.log_step``'s metrics (the window's mean loss for the ``logged`` members ``[K]``, NaN for
+    the others) and the task's diagnostics, on the parameters the step started from (the state's, not yet
+    updated). Returns the mean losses ``[K]``."""
+    values = dict(values)
+    values["loss"] = torch.where(logged, values.pop("window_loss") / state.window_steps, math.nan)
+    if "effective_negatives" in values:
+        values["effective_negatives"] = distributed.mean(values["effective_negatives"])
     state.log.record(step, values | task.diagnostics(task.params, tau, step))
-    state.window_loss.zero_()
     state.window_steps = 0
-    return values
+    return values["loss"]
 
 
-def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable | None) -> None:
-    """Evaluate every member, keep the embeddings, and freeze the members a search's pruner stops."""
+def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable | None) -> Tensor | None:
+    """Evaluate every member, keep the embeddings, and freeze the members a search's pruner stops: returns them
+    ``[K]`` (None without a pruner)."""
     if on_eval is None and not distributed.is_main():
-        return  # under torchrun process 0 evaluates and writes; a pruner needs the evaluation on every process
+        return None  # under torchrun process 0 evaluates and writes; a pruner needs the evaluation on every process
     with torch.no_grad():
         evaluation = task.evaluate(task.params)
         state.log.record(step, evaluation)
@@ -559,9 +654,12 @@ def _evaluate(state: PopulationState, step: int, task: Task, on_eval: Callable |
         if embedded is not None:
             state.embeddings.append((step, embedded.float().cpu()))
     prune = on_eval(step, evaluation) if on_eval else None
-    if prune is not None:
-        state.pruned |= prune.to(state.alive.device) & state.alive
-        state.alive &= ~state.pruned
+    if prune is None:
+        return None
+    prune = prune.to(state.alive.device) & state.alive
+    state.pruned |= prune
+    state.alive &= ~prune
+    return prune
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; the stop of a scheduler, ``timeout`` or ``kill``
@@ -628,11 +726,10 @@ def train_population(
     parts = None if checkpoint is None or not writes else checkpoint.parent.parent / "metrics"
     log = MetricLog([r["member"] for r in rows], parts, None if checkpoint is None else checkpoint.stem, sink)
     state = PopulationState.start(params, optimizer, log, temperature(0).detach())
-    identity = fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
+    identity = {} if checkpoint is None else fingerprint(experiment) | {"members": json.dumps(rows, sort_keys=True)}
     _resume(checkpoint, state, identity)
     training = Training(task, temperature, optimizer, trains_tau, experiment.precision == "bf16")
-    step_fn = torch.compile(task.step, dynamic=False) if experiment.compile else task.step
-    block = _block_function(training, experiment.compile, step_fn, device)
+    interval, block = _calls(training, experiment.compile, device)
     bar = Progress(steps, min(state.step, steps), label, progress and writes)
     saves = checkpoint if writes else None
 
@@ -641,31 +738,32 @@ def train_population(
         while step <= steps:
             last = step == steps
             logging, evaluating = step % experiment.log_every == 0 or last, step % experiment.eval_every == 0 or last
-            if logging or evaluating:
-                # one step alone: forward and backward, divergence (gradients and parameters checked when
-                # logging), logging and evaluation (a search's pruner may freeze members), the update
-                scheduled, _ = temperature.schedule(step, 1)
-                x = StepInputs(step, task.batch(step), None if scheduled is None else scheduled[0], None)
-                carry, tau, out, grads = training.forward(state.carry(), x, check=logging, step_fn=step_fn)
-                state.assign(carry)
+            # the evaluation reads the parameters this step starts from; a search's pruner may freeze members
+            pruned = _evaluate(state, step, task, on_eval) if evaluating else None
+            # a logging step runs alone, the steps up to the next event (at most block_steps) as one block after it
+            start = step + logging
+            n = 0 if last else min(experiment.block_steps, _block_end(experiment, step) - start)
+            xs = training.inputs(step, start - step + n)
+            if logging:
+                # the logging step (forward and backward, divergence with gradients and parameters checked too, the
+                # metrics, the update) and the block after it, in one call; the task's diagnostics then see the
+                # parameters the step started from, the state's until it takes the call's carry
+                before = state.carry()
+                carry, tau, values, alive = interval(before, xs)
                 state.window_steps += 1
-                if logging:
-                    losses = _log(state, step, task, temperature, tau, out, grads)["loss"][state.alive]
-                    extremes = (losses.min(), losses.max()) if len(losses) else ()
-                    bar.status(int(state.alive.sum()), len(rows), *extremes)
-                if evaluating:
-                    _evaluate(state, step, task, on_eval)
-                    state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
-                if last:
-                    break
-                state.assign(training.update(state.carry(), grads))
-                n = 1
+                losses = _log(state, step, task, tau, values, alive if pruned is None else alive | pruned)[alive]
+                bar.status(int(alive.sum()), len(rows), *((losses.min(), losses.max()) if len(losses) else ()))
+                if last:  # the final step measures; its update is not taken
+                    carry = carry._replace(params=before.params, optimizer=before.optimizer)
             else:
-                # the steps up to the next event (at most block_steps) in one call, divergence at its exact step
-                n = min(experiment.block_steps, _block_end(experiment, step) - step)
-                state.assign(block(state.carry(), training.inputs(step, n)))
-                state.window_steps += n
-            step = state.step = step + n
+                carry = block(state.carry(), xs)
+            state.assign(carry)  # divergence inside a block is recorded at its exact step
+            state.window_steps += n
+            if evaluating:
+                state.log.flush(step + 1)  # a running run's metrics are readable from its evaluations on
+            if last:
+                break
+            step = state.step = start + n
             bar.update(step)
             # checkpoint; after Ctrl-C or SIGTERM (read between blocks), one more and stop: a resume starts here
             if interrupted[0] or (experiment.checkpoint_every and step % experiment.checkpoint_every == 0):

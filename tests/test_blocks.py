@@ -115,9 +115,10 @@ def test_schedule_rows_are_the_temperature_of_each_step():
 
 
 @pytest.mark.compile
-def test_a_compiled_block_matches_the_eager_one_float32():
+def test_a_compiled_block_matches_the_eager_one_float32(capsys):
     # two populations in one process: the second (other seeds, rates and τ) must not run the first's graph, nor
-    # compile another one (learning rates and τ are the graph's inputs, not constants: a search's trials share it)
+    # compile another one (learning rates and τ are the graph's inputs, not constants: a search's trials share it);
+    # neither falls back to eager blocks (the fallback gives the same numbers, so only its warning tells)
     pytest.importorskip("torch._inductor", reason="torch.compile's inductor is not available")
     from torch._dynamo.utils import counters
 
@@ -140,6 +141,7 @@ def test_a_compiled_block_matches_the_eager_one_float32():
             torch.tensor(compiled_log.value.to_numpy()), torch.tensor(eager_log.value.to_numpy()), rtol=1e-4, atol=1e-6
         )
     assert graphs[1] == graphs[0] > 0
+    assert "not traceable" not in capsys.readouterr().err
 
 
 @pytest.mark.compile
@@ -148,15 +150,19 @@ def test_the_gpu_blocks_compiled_step_loop_matches_the_eager_block_on_the_cpu(mo
     # itself (the compiled flat step, each step reading its inputs in place, rows of the aligned stack) runs on
     # the CPU
     pytest.importorskip("torch._inductor", reason="torch.compile's inductor is not available")
-    eager_block = engine._block_function
+    eager_calls = engine._calls
 
-    def gpu_blocks(training, compile, step_fn, device):
+    def gpu_calls(training, compile, device):
         if not compile:
-            return eager_block(training, compile, step_fn, device)
+            return eager_calls(training, compile, device)
         blocks = engine.CudaGraphBlocks(training)
-        return lambda c, xs: blocks.steps(c, pytree.tree_map(engine._aligned, xs))
 
-    monkeypatch.setattr(engine, "_block_function", gpu_blocks)
+        def block(c, xs):
+            return blocks.steps(pytree.tree_map(torch.clone, c), pytree.tree_map(engine._aligned, xs))
+
+        return engine._then(engine._compiled_log_step(training), block), block
+
+    monkeypatch.setattr(engine, "_calls", gpu_calls)
     with default_float64():
         experiment, _ = config.load_experiment("quadrants", [*QUADRANTS, "block_steps=7"])
         rows = config.members(experiment)

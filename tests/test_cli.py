@@ -281,13 +281,13 @@ def test_ctrl_c_prints_the_command_that_resumes_and_exits_130(tmp_path):
 SLOW_FROM_STEP_20 = """
 import os, pathlib, sys, time
 from tau_lab.tasks.quadrants import Quadrants
-real_batch = Quadrants.batch
-def batch(task, step):
-    if step >= 20:
+real_batches = Quadrants.batches
+def batches(task, start, n):
+    if start >= 20:
         pathlib.Path(os.environ["MARKER"]).touch()
         time.sleep(0.05)
-    return real_batch(task, step)
-Quadrants.batch = batch
+    return real_batches(task, start, n)
+Quadrants.batches = batches
 from tau_lab.cli import main
 main()
 """

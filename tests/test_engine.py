@@ -189,6 +189,28 @@ def test_interrupted_run_resumes_to_the_same_tables(tmp_path, monkeypatch):
         pd.testing.assert_frame_equal(pd.read_parquet(run_dir / f"{name}.parquet"), full[name])
 
 
+def test_a_member_pruned_at_an_evaluation_keeps_the_parameters_it_was_evaluated_on():
+    # the evaluation reads the parameters its step starts from; a member its pruner stops takes no update from that
+    # step on (not even that step's), and the loss of the window it trained through is still logged
+    exp, _ = config.load_experiment("quadrants", ["steps=20", "log_every=5", "eval_every=10", "block_steps=3"])
+    rows = config.members(exp)
+    evaluations = {}
+
+    def prune_member_0_at_10(step, evaluation):
+        evaluations[step] = {name: value.clone() for name, value in evaluation.items()}
+        return torch.arange(len(rows)) == 0 if step == 10 else None
+
+    out = engine.train_population(exp, rows, CPU, on_eval=prune_member_0_at_10)
+    assert out["pruned"].tolist() == [True] + [False] * (len(rows) - 1)
+    assert not out["alive"][0] and out["diverged_step"][0] == -1
+    for name, at_10 in evaluations[10].items():
+        assert at_10[0] == evaluations[20][name][0]  # frozen: the very parameters
+        assert (at_10[1:] != evaluations[20][name][1:]).any()  # the others trained on
+    log = out["log"].frame()
+    loss = log[(log.member == 0) & (log.metric == "loss")].set_index("step")["value"]
+    assert loss[[0, 5, 10]].notna().all() and loss[[15, 20]].isna().all()
+
+
 def test_population_larger_than_budget_runs_in_chunks_with_the_same_results(tmp_path):
     exp, _ = config.load_experiment("quadrants", ["steps=40", "sweep.seeds=[0, 1]"])
     _, whole = engine.run_sweep(exp, "quadrants", root=tmp_path / "a")

@@ -76,14 +76,15 @@ def test_sweep_writes_every_members_series_equal_to_the_metrics_table(tmp_path):
 
 
 def test_a_run_resumed_after_a_crash_holds_each_step_once(tmp_path, monkeypatch):
-    # checkpoints at steps 10, 20, 30; the crash in step 35 comes after step 30 was logged (and written to
-    # TensorBoard): the resume starts again from the checkpoint of step 30 and logs step 30 a second time
-    experiment, _ = config.load_experiment("quadrants", [*SMALL, "checkpoint_every=10"])
+    # a checkpoint at step 20; the crash in step 37 (in the block of steps 36–39: blocks of 5 steps) comes after
+    # step 30 was logged (and written to TensorBoard): the resume starts again from the checkpoint of step 20 and
+    # logs steps 20 and 30 a second time
+    experiment, _ = config.load_experiment("quadrants", [*SMALL, "checkpoint_every=20", "block_steps=5"])
     rows = config.members(experiment)
     real_batches = Quadrants.batches
 
     def batches_then_crash(task, start, n):
-        if start <= 35 < start + n:
+        if start <= 37 < start + n:
             raise RuntimeError("the machine went away")
         return real_batches(task, start, n)
 

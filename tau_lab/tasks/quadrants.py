@@ -102,18 +102,27 @@ def bmm(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a, b)
 
 
+DRAW_ROWS = 1 << 16  # steps whose negatives are picked at a time: 20 MB of uniforms for 75 points, whatever the steps
+
+
 def draw_indices(seed: int, steps: int, data: Data, device: torch.device | None = None) -> Tensor:
-    """Point indices of every step, ``[steps, 2 + negatives]``: anchor, positive, negatives. Drawn from a CPU
-    generator; with ``device``, the negatives are picked there (the same indices: the selection was most of a
-    large GPU population's set-up)."""
+    """Point indices of every step, ``[steps, 2 + negatives]`` int32: anchor, positive, negatives. Drawn from a CPU
+    generator, the uniforms that pick the negatives ``DRAW_ROWS`` steps at a time (the same numbers as one draw of
+    them all: the generator runs on), so that memory is the indices' own, 4 (2 + negatives) bytes a step. With
+    ``device``, the indices live there and the negatives are picked there (the same indices: the selection was
+    most of a large GPU population's set-up)."""
     n, k = data.points_per_quadrant, data.negatives
     g = torch.Generator().manual_seed(seed)
-    quadrant = torch.randint(0, 4, (steps, 1), generator=g).to(device)
-    anchor = quadrant * n + torch.randint(0, n, (steps, 1), generator=g).to(device)
-    positive = quadrant * n + torch.randint(0, n, (steps, 1), generator=g).to(device)
-    other = smallest(torch.rand(steps, 3 * n, generator=g).to(device), k)  # k distinct of 3n
-    negative = other + n * (other >= quadrant * n)  # skip the anchor's quadrant
-    return torch.cat([anchor, positive, negative], dim=1)
+    quadrant = torch.randint(0, 4, (steps, 1), generator=g)
+    anchor = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
+    positive = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
+    index = torch.empty(steps, 2 + k, dtype=torch.int32, device=device)
+    index[:, :2] = torch.cat([anchor, positive], dim=1)
+    for start in range(0, steps, DRAW_ROWS):
+        rows = slice(start, min(start + DRAW_ROWS, steps))
+        other = smallest(torch.rand(rows.stop - start, 3 * n, generator=g).to(device), k)  # k distinct of 3n
+        index[rows, 2:] = other + n * (other >= quadrant[rows].to(device) * n)  # skip the anchor's quadrant
+    return index
 
 
 class Quadrants(TaskBase):
@@ -134,15 +143,19 @@ class Quadrants(TaskBase):
             self.step = self.autograd_step  # type: ignore[method-assign]
         self.params = {k: v.to(device)[self.seed_row].contiguous() for k, v in stacked.items()}
         # [steps + 1, seeds, 2 + negatives], step-major; the last batch measures the final loss
-        self.index = torch.stack([draw_indices(s, experiment.steps + 1, self.data, device) for s in seeds], 1)
+        shape = (experiment.steps + 1, len(seeds), 2 + self.data.negatives)
+        self.index = torch.empty(shape, dtype=torch.int32, device=device)
+        for i, seed in enumerate(seeds):
+            self.index[:, i] = draw_indices(seed, experiment.steps + 1, self.data, device)
 
     def batch(self, step: int) -> Tensor:
         """The step's points per member, ``[K, 2 + negatives, 2]``."""
-        return self.points[self.index[step][self.seed_row]]
+        return F.embedding(self.index[step].index_select(0, self.seed_row), self.points)
 
     def batches(self, start: int, n: int) -> Tensor:
-        """The points of steps ``start … start + n − 1``, ``[n, K, 2 + negatives, 2]``: one gather."""
-        return self.points[self.index[start : start + n][:, self.seed_row]]
+        """The points of steps ``start … start + n − 1``, ``[n, K, 2 + negatives, 2]``: one gather of rows
+        (``embedding``: 2.7× faster than indexing at n = 99)."""
+        return F.embedding(self.index[start : start + n].index_select(1, self.seed_row), self.points)
 
     def step(self, params: dict[str, Tensor], tau: Tensor, x: Tensor) -> StepResult:
         """Loss and closed-form gradients for a batch ``x [K, 2 + negatives, 2]``.
@@ -226,12 +239,12 @@ class Quadrants(TaskBase):
     def member_bytes(experiment: Any) -> int:
         """Memory of one member: float32 weights, gradients and two optimizer states (``4 · 4 hidden``), a block's
         stacked batches (``block_steps × (2 + negatives) × 2``), the evaluation's cosine matrix and pairs (``2 N²``
-        for ``N`` points), and the int64 index stream of its seed (``(steps + 1) × (2 + negatives)``, at most one
+        for ``N`` points), and the int32 index stream of its seed (``(steps + 1) × (2 + negatives)``, at most one
         seed per member)."""
         data, batch = experiment.data, 2 + experiment.data.negatives
         points = 4 * data.points_per_quadrant
         floats = 4 * 4 * experiment.model.hidden + experiment.block_steps * batch * 2 + 2 * points**2
-        return 4 * floats + 8 * (experiment.steps + 1) * batch
+        return 4 * floats + 4 * (experiment.steps + 1) * batch
 
 
 def train_reference(experiment: Any, member: dict[str, Any]) -> reference.Reference:
