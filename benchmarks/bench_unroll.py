@@ -32,6 +32,7 @@ def unrolled_scan(u: int) -> Any:
 
     def run(self: engine.Training, c: engine.Carry, xs: engine.StepInputs) -> engine.Carry:
         leaves, spec = pytree.tree_flatten(c)
+        leaves = [t.clone() for t in leaves]  # as Training.scan: the initial carry may alias no input of scan
         step, given = self.flat_step(spec), engine._given(xs)
         n = len(xs.step)
         m = n // u * u
@@ -60,10 +61,10 @@ def child(u: int, calls: int) -> None:
     torch._dynamo.config.cache_size_limit = 64  # one graph per block length
     engine.Training.scan = unrolled_scan(u)
 
-    def static_lengths(self: engine.CompiledBlocks, fn: Any, c: engine.Carry, xs: engine.StepInputs) -> Any:
-        return engine._compile(fn, dynamic=False, whole=True)(self.training, c, xs)
+    def static_lengths(training: engine.Training) -> Any:
+        return lambda c, xs: engine._compile(engine._scan, dynamic=False, whole=True)(training, c, xs)
 
-    engine.CompiledBlocks._whole = static_lengths
+    engine._compiled_scan = static_lengths
     experiment = bench.load(2000, 1, extra=("compile=true",))
     rows = config.members(experiment)
     start = time.perf_counter()

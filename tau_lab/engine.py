@@ -9,12 +9,11 @@ turns non-finite is marked diverged at that step and frozen; the others go on.
 The step is a pure function of the population's tensors (``Carry``; ``Training.forward`` then
 ``Training.update``). An evaluation reads the parameters its step starts from, before the step. A logging step
 (``Training.log_step``: the step with its metrics) and the steps after it, up to the next logging step,
-evaluation or checkpoint and at most ``block_steps``, are one call (``_calls``: an interval); steps after an
-evaluation or a checkpoint that is not logged are a block. With ``compile``, on the CPU an interval and a block
-are each one compiled graph, the block's steps torch's ``scan`` (``CompiledBlocks``); on a GPU the logging step
-is compiled, and the block's compiled steps are captured as a CUDA graph (``CudaGraphBlocks``). A call reads
-nothing back from the device: a block computes what its steps alone compute. Ctrl-C and the progress bar act
-between calls.
+evaluation or checkpoint and at most ``block_steps``, are an interval (``_calls``); the steps after an evaluation
+or a checkpoint that is not logged are a block. With ``compile`` the logging step is compiled, and a block is one
+compiled graph, on the CPU its steps torch's ``scan`` (``_compiled_scan``), on a GPU its compiled steps captured as
+a CUDA graph (``CudaGraphBlocks``). A block reads nothing back from the device: it computes what its steps alone
+compute. Ctrl-C and the progress bar act between intervals and blocks.
 
 A run directory keeps, per chunk i, ``checkpoints/chunk-{i}.pt`` (the ``PopulationState.state_dict()``
 and the run's configuration; see ``tau_lab.checkpoint``) and the metrics it logged, appended as
@@ -411,8 +410,8 @@ class Training:
             # scan takes flat tensors, none of them an input's alias (an unchanged one is cloned)
             return [t.clone() for t in step(leaves, given)], given["step"].clone()
 
-        # scan's initial carry may alias none of its inputs: after a logging step (``interval``) a fixed τ is the
-        # temperature's own buffer
+        # scan's initial carry may alias none of its inputs: after a logging step a fixed τ is the temperature's
+        # own buffer
         leaves, _ = scan(body, [t.clone() for t in leaves], _given(xs))
         return pytree.tree_unflatten(leaves, spec)
 
@@ -485,68 +484,44 @@ def _then(log_step: Callable[[Carry, StepInputs], tuple[Carry, Tensor, dict[str,
 
 def _calls(training: Training, compile: bool, device: torch.device) -> tuple[Interval, Block]:
     """The loop's two calls: ``interval`` (a logging step and the block of steps after it) and ``block`` (steps that
-    follow an evaluation or a checkpoint). Eager: ``Training.log_step`` and ``Training.block``. With ``compile``,
-    on a GPU the logging step compiled on flat tensors and ``CudaGraphBlocks``, on the CPU ``CompiledBlocks``."""
+    follow an evaluation or a checkpoint). Eager: ``Training.log_step`` and ``Training.block``. With ``compile``, the
+    logging step compiled on flat tensors, and on the CPU ``_compiled_scan``, on a GPU ``CudaGraphBlocks``. (The
+    logging step and the block compiled as one graph saved 1 ms of 34 at K = 5 and took 3 s more to compile: torch
+    caches no graph with a ``scan`` between processes; docs/benchmarks.md.)"""
     if not compile:
         return _then(training.log_step, training.block), training.block
-    if device.type == "cuda":
-        blocks = CudaGraphBlocks(training)
-        return _then(_compiled_log_step(training), blocks), blocks
-    compiled = CompiledBlocks(training)
-    return compiled.interval, compiled.block
+    block = CudaGraphBlocks(training) if device.type == "cuda" else _compiled_scan(training)
+    return _then(_compiled_log_step(training), block), block
 
 
 def _scan(training: Training, c: Carry, xs: StepInputs) -> Carry:
     return training.scan(c, xs)
 
 
-def _interval(
-    training: Training, c: Carry, xs: StepInputs, first: StepInputs
-) -> tuple[Carry, Tensor, dict[str, Tensor], Tensor]:
-    """``_then(training.log_step, training.scan)`` with the logging step's inputs apart: inductor fails on a
-    ``scan`` over a slice of symbolic length."""
-    logged, tau, values = training.log_step(c, first)
-    return training.scan(logged, xs), tau, values, logged.alive
+def _compiled_scan(training: Training) -> Block:
+    """``training.scan`` compiled whole (``fullgraph``, with inductor's ``cpp_wrapper``: the scan's loop runs in
+    C++), one graph for every length. A task's step that torch cannot capture whole inside ``scan`` (a graph
+    break: a read of a tensor's value, an unsupported op) falls back, with one warning, to the eager block around
+    the task's step compiled alone."""
+    step_fn: list[Callable[..., StepResult]] = []  # the fallback's
 
+    def block(c: Carry, xs: StepInputs) -> Carry:
+        if not step_fn:
+            try:
+                if len(xs.step) > 1:  # one graph for every length (torch specialises a length of 1)
+                    for t in pytree.tree_leaves(xs):
+                        if t is not None:
+                            torch._dynamo.mark_dynamic(t, 0)
+                return _compile(_scan, dynamic=None, whole=True)(training, c, xs)
+            except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing, before any step ran
+                warn(
+                    f"compile: this task's block of steps is not traceable whole ({type(err).__name__}); "
+                    "its steps run one by one, each compiled"
+                )
+                step_fn.append(torch.compile(training.task.step, dynamic=False))
+        return training.block(c, xs, step_fn[0])
 
-class CompiledBlocks:
-    """The CPU's compiled calls: ``block`` (``Training.scan``) and ``interval`` (the logging step and the block after
-    it as one call: a call costs about 0.1 ms of torch's wrappers, whatever its work), each compiled whole
-    (``fullgraph``, with inductor's ``cpp_wrapper``: the scan's loop runs in C++); a logging step with no block
-    after it compiled alone. A task's step that torch cannot capture whole inside ``scan`` (a graph break: a read
-    of a tensor's value, an unsupported op) falls back, with one warning, to eager blocks around the task's step
-    compiled alone."""
-
-    def __init__(self, training: Training) -> None:
-        self.training = training
-        self.log_step = _compiled_log_step(training)
-        self.step_fn: Callable[..., StepResult] | None = None  # the fallback's
-
-    def _whole(self, fn: Callable[..., Any], c: Carry, xs: StepInputs, *args: Any) -> Any:
-        """``fn(training, c, xs, *args)`` compiled whole, of any length of ``xs``; None after the fallback."""
-        if self.step_fn is not None:
-            return None
-        try:
-            if len(xs.step) > 1:  # one graph for every length (torch specialises a length of 1)
-                for t in pytree.tree_leaves(xs):
-                    if t is not None:
-                        torch._dynamo.mark_dynamic(t, 0)
-            return _compile(fn, dynamic=None, whole=True)(self.training, c, xs, *args)
-        except torch._dynamo.exc.TorchDynamoException as err:  # raised while tracing, before any step ran
-            warn(
-                f"compile: this task's block of steps is not traceable whole ({type(err).__name__}); "
-                "its steps run one by one, each compiled"
-            )
-            self.step_fn = torch.compile(self.training.task.step, dynamic=False)
-            return None
-
-    def block(self, c: Carry, xs: StepInputs) -> Carry:
-        out = self._whole(_scan, c, xs)
-        return self.training.block(c, xs, self.step_fn) if out is None else out
-
-    def interval(self, c: Carry, xs: StepInputs) -> tuple[Carry, Tensor, dict[str, Tensor], Tensor]:
-        out = self._whole(_interval, c, _rows(xs, 1), _step_inputs(xs, 0)) if len(xs.step) > 1 else None
-        return _then(self.log_step, self.block)(c, xs) if out is None else out
+    return block
 
 
 class CudaGraphBlocks:
