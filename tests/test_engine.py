@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tau_lab import config, engine, metrics, results
+from tau_lab.tasks import quadrants
 from tau_lab.tasks.quadrants import Quadrants, smallest, train_reference
 
 CPU = torch.device("cpu")
@@ -83,6 +85,24 @@ def test_smallest_is_argsorts_first_k_with_and_without_ties(seed, rows, columns,
     if levels:
         values = (values * levels).floor()
     assert torch.equal(smallest(values, k), values.argsort(dim=1)[:, :k])
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), steps=st.integers(1, 300), rows=st.integers(1, 70), n=st.integers(2, 30))
+def test_the_index_stream_drawn_in_chunks_is_the_seeds_one_draw(seed, steps, rows, n):
+    # the stream as the study's script draws it: every uniform at once, the negatives by argsort; the engine
+    # picks them DRAW_ROWS steps at a time (bounded memory) and stores int32
+    data = quadrants.Data(points_per_quadrant=n)
+    with mock.patch.object(quadrants, "DRAW_ROWS", rows):
+        drawn = quadrants.draw_indices(seed, steps, data)
+    g = torch.Generator().manual_seed(seed)
+    quadrant = torch.randint(0, 4, (steps, 1), generator=g)
+    anchor = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
+    positive = quadrant * n + torch.randint(0, n, (steps, 1), generator=g)
+    other = torch.rand(steps, 3 * n, generator=g).argsort(dim=1)[:, : data.negatives]
+    negatives = other + n * (other >= quadrant * n)
+    assert drawn.dtype == torch.int32
+    assert torch.equal(drawn.long(), torch.cat([anchor, positive, negatives], dim=1))
 
 
 @settings(max_examples=25, deadline=None)
