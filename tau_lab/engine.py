@@ -721,8 +721,8 @@ def train_population(
             xs = training.inputs(step, start - step + n)
             if logging:
                 # the logging step (forward and backward, divergence with gradients and parameters checked too, the
-                # metrics, the update) and the block after it, in one call; the task's diagnostics then see the
-                # parameters the step started from, the state's until it takes the call's carry
+                # metrics, the update), then the block after it; the task's diagnostics see the parameters the step
+                # started from: the state's, until it takes the interval's carry
                 before = state.carry()
                 carry, tau, values, alive = interval(before, xs)
                 state.window_steps += 1
