@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from tau_lab.losses import compute_dtype
 from tau_lab.tasks import reference
 from tau_lab.tasks.base import Schema, StepResult, Sweep, TaskBase, autograd_step, member_seeds, stack_modules
+from tau_lab.tasks.mlp import seeded
 
 COS_EPS = 1e-8  # F.cosine_similarity's eps
 UNIFORMITY_T = 2.0  # metrics.uniformity's t
@@ -74,9 +75,9 @@ def make_points(data: Data) -> tuple[Tensor, Tensor]:
 
 def make_encoder(seed: int, hidden: int) -> nn.Sequential:
     """The seed's encoder, initialised as ``nn.Linear`` does from ``seed``."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return nn.Sequential(nn.Linear(2, hidden, bias=False), nn.Linear(hidden, 2, bias=False), nn.Tanh())
+    return seeded(
+        seed, lambda: nn.Sequential(nn.Linear(2, hidden, bias=False), nn.Linear(hidden, 2, bias=False), nn.Tanh())
+    )
 
 
 def smallest(values: Tensor, k: int) -> Tensor:
